@@ -1,0 +1,125 @@
+"""Uniform frame sampling with decord, and the on-disk frame store every later stage reads.
+
+Layout of a frame store directory:
+    index.json          {video_id: {"file": "<name>.npy", "times": [...], "num_frames": N}}
+    <name>.npy          uint8 [N, H, W, 3] per video, short side resized to `size`
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class BadVideoError(RuntimeError):
+    """A video could not be decoded; the message names the file and the reason."""
+
+
+def uniform_indices(total: int, n: int, first: int = 0, last: int | None = None) -> list[int]:
+    """`n` frame indices at the centres of `n` equal segments of [first, last]."""
+    last = total - 1 if last is None else min(last, total - 1)
+    first = max(0, min(first, last))
+    span = last - first + 1
+    return [first + min(span - 1, int((i + 0.5) * span / n)) for i in range(n)]
+
+
+def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 [N, H, W, 3] so the short side is `size` (bilinear, antialiased)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, h, w, _ = frames.shape
+    if min(h, w) == size:
+        return frames
+    scale = size / min(h, w)
+    out_h, out_w = max(size, round(h * scale)), max(size, round(w * scale))
+    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(tensor, size=(out_h, out_w), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def decode_video(path: str | Path, num_frames: int, size: int, start: float | None = None, end: float | None = None):
+    """Decode `num_frames` uniform frames of `path` (optionally inside [start, end] seconds).
+
+    Returns (frames uint8 [N, size-short-side, ..., 3], times in seconds). The decord reader is
+    created here, inside whichever process calls this, never in a parent before a fork.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadVideoError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise BadVideoError(f"{path}: zero-length file")
+    if path.is_dir():
+        return _decode_frame_folder(path, num_frames, size, start, end)
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        total = len(reader)
+        if total == 0:
+            raise BadVideoError(f"{path}: no decodable frames")
+        fps = float(reader.get_avg_fps()) or 1.0
+        first = 0 if start is None else int(start * fps)
+        last = total - 1 if end is None else int(end * fps)
+        indices = uniform_indices(total, num_frames, first, last)
+        frames = reader.get_batch(indices).asnumpy()
+    except BadVideoError:
+        raise
+    except Exception as exc:  # decord raises DECORDError and RuntimeError subclasses
+        raise BadVideoError(f"{path}: cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if frames.shape[0] != num_frames:
+        raise BadVideoError(f"{path}: decoded {frames.shape[0]} of {num_frames} frames")
+    times = [round(i / fps, 4) for i in indices]
+    return resize_short_side(frames, size), times
+
+
+def _decode_frame_folder(path: Path, num_frames: int, size: int, start, end, fps: float = 3.0):
+    """A folder of extracted frames (TVQA ships frames at 3 fps as 00001.jpg, ...)."""
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if not files:
+        raise BadVideoError(f"{path}: frame folder holds no images")
+    first = 0 if start is None else int(start * fps)
+    last = len(files) - 1 if end is None else int(end * fps)
+    indices = uniform_indices(len(files), num_frames, first, last)
+    try:
+        frames = np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in indices])
+    except Exception as exc:
+        raise BadVideoError(f"{path}: cannot read frame image ({exc})") from None
+    return resize_short_side(frames, size), [round(i / fps, 4) for i in indices]
+
+
+def safe_name(video_id: str) -> str:
+    """A filesystem-safe, collision-free file stem for a video id."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id)[-60:]
+    return f"{stem}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class FrameStore:
+    """Read access to a frames directory written by the frames stage."""
+
+    directory: Path
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        index_path = self.directory / "index.json"
+        if not index_path.exists():
+            raise FileNotFoundError(f"{index_path}: frame index missing; run the frames stage first")
+        self.index: dict[str, dict] = json.loads(index_path.read_text())
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.index
+
+    def load(self, video_id: str) -> np.ndarray:
+        if video_id not in self.index:
+            raise KeyError(f"{self.directory}: no frames for video {video_id!r}")
+        return np.load(self.directory / self.index[video_id]["file"])
+
+    def times(self, video_id: str) -> list[float]:
+        return self.index[video_id]["times"]

@@ -1,0 +1,159 @@
+"""The one normalized sample schema shared by every dataset.
+
+A sample is one multiple-choice question about one video. `samples.jsonl` holds one JSON
+object per line; `read_samples` validates every line and names `file:line` and the field on error.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from cater.io import atomic_write_text
+
+SPLITS = ("train", "val", "test")
+
+
+class SchemaError(ValueError):
+    """A sample file violates the schema; the message names the file, line and field."""
+
+
+@dataclass
+class Sample:
+    id: str
+    dataset: str
+    split: str
+    video: str  # path to the video file or frame folder, relative to the repository root or absolute
+    question: str
+    choices: list[str]
+    answer_idx: int | None  # None only where the official release hides the answer (TVQA test_public)
+    question_type: str
+    video_id: str = ""  # samples of the same video share frames and prompts; defaults to `video`
+    start: float | None = None  # optional time window in seconds
+    end: float | None = None
+    subtitles: str | None = None
+    events: list[dict[str, Any]] | None = None  # ground-truth events, demo only: {label, start, end, ...}
+
+    def __post_init__(self) -> None:
+        if not self.video_id:
+            self.video_id = self.video
+
+    def to_json(self) -> str:
+        record = {k: v for k, v in asdict(self).items() if v is not None or k == "answer_idx"}
+        return json.dumps(record, ensure_ascii=False, sort_keys=True)
+
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "dataset": str,
+    "split": str,
+    "video": str,
+    "question": str,
+    "choices": list,
+    "answer_idx": (int, type(None)),
+    "question_type": str,
+}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "video_id": str,
+    "start": (int, float, type(None)),
+    "end": (int, float, type(None)),
+    "subtitles": (str, type(None)),
+    "events": (list, type(None)),
+}
+
+
+def _fail(where: str, msg: str) -> SchemaError:
+    return SchemaError(f"{where}: {msg}")
+
+
+def validate_record(record: Any, where: str) -> Sample:
+    """Check one decoded JSON record and build a Sample. `where` is `file:line`."""
+    if not isinstance(record, dict):
+        raise _fail(where, f"expected a JSON object, got {type(record).__name__}")
+    for key, typ in _REQUIRED.items():
+        if key not in record:
+            raise _fail(where, f"missing field '{key}'")
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise _fail(where, f"field '{key}' has type {type(value).__name__}, expected {_type_name(typ)}")
+    for key, typ in _OPTIONAL.items():
+        if key in record and (isinstance(record[key], bool) or not isinstance(record[key], typ)):
+            raise _fail(where, f"field '{key}' has type {type(record[key]).__name__}, expected {_type_name(typ)}")
+    unknown = set(record) - set(_REQUIRED) - set(_OPTIONAL)
+    if unknown:
+        raise _fail(where, f"unknown field(s) {sorted(unknown)}")
+    if not record["id"]:
+        raise _fail(where, "field 'id' is empty")
+    if record["split"] not in SPLITS:
+        raise _fail(where, f"field 'split' is {record['split']!r}, expected one of {SPLITS}")
+    if not record["question"].strip():
+        raise _fail(where, "field 'question' is empty")
+    choices = record["choices"]
+    if len(choices) < 2:
+        raise _fail(where, f"field 'choices' has {len(choices)} choice(s), need at least 2")
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, str) or not choice.strip():
+            raise _fail(where, f"field 'choices[{i}]' must be a non-empty string")
+    answer = record["answer_idx"]
+    if answer is not None and not 0 <= answer < len(choices):
+        raise _fail(where, f"field 'answer_idx' is {answer}, out of range for {len(choices)} choices")
+    start, end = record.get("start"), record.get("end")
+    if start is not None and end is not None and end < start:
+        raise _fail(where, f"fields 'start'/'end' form an empty window ({start} > {end})")
+    return Sample(**record)
+
+
+def _type_name(typ: type | tuple[type, ...]) -> str:
+    if isinstance(typ, tuple):
+        return " or ".join("null" if t is type(None) else t.__name__ for t in typ)
+    return typ.__name__
+
+
+def parse_samples(lines: Iterable[str], source: str) -> list[Sample]:
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{source}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _fail(where, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+        sample = validate_record(record, where)
+        if sample.id in seen:
+            raise _fail(where, f"duplicate id {sample.id!r} (first seen on line {seen[sample.id]})")
+        seen[sample.id] = lineno
+        samples.append(sample)
+    return samples
+
+
+def read_samples(path: str | Path) -> list[Sample]:
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        return parse_samples(handle, str(path))
+
+
+def write_samples(path: str | Path, samples: Iterable[Sample]) -> None:
+    text = "".join(s.to_json() + "\n" for s in samples)
+    atomic_write_text(path, text)
+
+
+def group_by_video(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.video_id, []).append(sample)
+    return groups
+
+
+__all__ = [
+    "SPLITS",
+    "Sample",
+    "SchemaError",
+    "group_by_video",
+    "parse_samples",
+    "read_samples",
+    "validate_record",
+    "write_samples",
+]

@@ -1,0 +1,132 @@
+"""Small I/O helpers: atomic writes, stable hashes, and an append-only resumable row store."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+    return rows
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A hash of a JSON-serialisable object that does not depend on key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def encode_array(array: np.ndarray) -> dict:
+    array = np.ascontiguousarray(array)
+    return {"dtype": str(array.dtype), "shape": list(array.shape), "b64": base64.b64encode(array.tobytes()).decode()}
+
+
+def decode_array(blob: dict) -> np.ndarray:
+    raw = base64.b64decode(blob["b64"])
+    return np.frombuffer(raw, dtype=np.dtype(blob["dtype"])).reshape(blob["shape"]).copy()
+
+
+class RowStore:
+    """Append-only JSONL rows keyed by `key`, in one file per (config hash, writer).
+
+    Each row is written as a whole line and flushed and fsynced, so a SIGKILL loses at most the
+    rows in flight. On load, a torn last line (no newline, or not valid JSON) is dropped and
+    truncated away, so the next append starts on a clean line.
+    """
+
+    def __init__(self, directory: str | Path, config: Any, writer: str = "0"):
+        self.config_hash = stable_hash(config)
+        self.directory = Path(directory) / self.config_hash
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"rows-{writer}.jsonl"
+        meta = self.directory / "config.json"
+        if not meta.exists():
+            atomic_write_json(meta, {"config": config})
+
+    def _load_file(self, path: Path, repair: bool) -> dict[str, dict]:
+        rows: dict[str, dict] = {}
+        data = path.read_bytes()
+        good_end = 0
+        offset = 0
+        for line in data.splitlines(keepends=True):
+            offset += len(line)
+            if not line.endswith(b"\n"):
+                break
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            rows[row["key"]] = row
+            good_end = offset
+        if repair and good_end < len(data):
+            with path.open("r+b") as handle:
+                handle.truncate(good_end)
+        return rows
+
+    def load(self) -> dict[str, dict]:
+        """All finished rows of this config, from every writer's file."""
+        rows: dict[str, dict] = {}
+        for path in sorted(self.directory.glob("rows-*.jsonl")):
+            rows.update(self._load_file(path, repair=path == self.path))
+        return rows
+
+    def append(self, rows: Iterable[dict]) -> None:
+        lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+        if not lines:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())

@@ -1,0 +1,86 @@
+"""The one interface every teacher family implements.
+
+A teacher reads a batch of samples (frames, question, choices, optional subtitles) and returns,
+per sample, the next-token logits of the option letters at the answer position, the chosen
+option, and a pooled final hidden state. One forward pass per sample, batched; no generation.
+A teacher never sees the ground-truth answer.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+LETTERS = ("A", "B", "C", "D", "E")
+
+
+class TeacherError(RuntimeError):
+    """A teacher cannot be built or cannot score this input; the message says why."""
+
+
+@dataclass
+class TeacherInput:
+    id: str
+    frames: np.ndarray  # uint8 [T, H, W, 3], as stored by the frames stage
+    question: str
+    choices: list[str]
+    subtitles: str | None = None
+
+
+@dataclass
+class TeacherOutput:
+    id: str
+    choice_logits: list[float] | None  # None when this sample's output is missing
+    hard_idx: int | None
+    hidden: np.ndarray | None  # float32 [hidden_size]
+    missing_reason: str | None = None
+
+    @property
+    def missing(self) -> bool:
+        return self.choice_logits is None
+
+
+@dataclass
+class TeacherConfig:
+    family: str  # videollava | flamingo | chatunivi
+    model: str  # hub id or local path
+    dtype: str = "fp32"  # fp32 | fp16 | bf16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device_map: str | None = None
+    quantization: str | None = None  # None | 4bit | 8bit (CUDA + bitsandbytes only)
+    batch_size: int = 4
+    num_frames: int | None = None  # frames given to the teacher; None = all stored frames
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific options
+
+
+class Teacher(ABC):
+    """Subclasses load their checkpoint in __init__ with from_pretrained (or the family's own loader)."""
+
+    family: str = ""
+    hidden_size: int = 0
+
+    def __init__(self, config: TeacherConfig):
+        self.config = config
+
+    @abstractmethod
+    def score(self, batch: list[TeacherInput]) -> list[TeacherOutput]:
+        """Score a batch in one forward pass; return one output per input, in order."""
+
+    @staticmethod
+    def check_input(item: TeacherInput) -> None:
+        if item.frames is None or len(item.frames) == 0:
+            raise TeacherError(f"sample {item.id}: no frames")
+        if len(item.choices) > len(LETTERS):
+            raise TeacherError(
+                f"sample {item.id}: {len(item.choices)} choices, but teachers have only "
+                f"{len(LETTERS)} option letters ({''.join(LETTERS)})"
+            )
+        if len(item.choices) < 2:
+            raise TeacherError(f"sample {item.id}: fewer than 2 choices")
+
+
+def options_block(choices: list[str]) -> str:
+    """The choices as lettered lines: 'A. red circle\\nB. ...'."""
+    return "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(choices))

@@ -1,0 +1,28 @@
+"""params.yaml, loaded once and validated: unknown keys and bad values are errors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message names the file and the key."""
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found (run from the repository root)")
+    with path.open(encoding="utf-8") as handle:
+        try:
+            params = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    from cater.params_schema import validate
+
+    validate(params, str(path))
+    return params

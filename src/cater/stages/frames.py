@@ -1,0 +1,104 @@
+"""Stage `frames`: decode N uniform frames per video, once, in parallel, resumably.
+
+Finished videos are kept in data/.cache/frames/<config hash>/ (one atomic .npy each), so a killed
+run continues where it stopped; the output directory is assembled at the end.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cater.data.frames import BadVideoError, decode_video, safe_name
+from cater.data.schema import read_samples
+from cater.io import atomic_path, atomic_write_json, stable_hash
+
+SAMPLES = Path("data/samples.jsonl")
+OUT = Path("data/frames")
+CACHE = Path("data/.cache/frames")
+
+
+def _decode_one(job: tuple[str, str, int, int, float | None, float | None, str]) -> tuple[str, list[float] | None, str | None]:
+    """Runs in a worker process: the decord reader is created here, never in the parent."""
+    video_id, path, num_frames, size, start, end, target = job
+    try:
+        frames, times = decode_video(path, num_frames, size, start, end)
+    except BadVideoError as exc:
+        return video_id, None, str(exc)
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, frames)
+    return video_id, times, None
+
+
+def run(params, args) -> None:
+    cfg = params["frames"]
+    samples = read_samples(SAMPLES)
+    videos: dict[str, tuple] = {}
+    for sample in samples:  # one decode per (video, window); samples of one clip share it
+        videos.setdefault(sample.video_id, (sample.video, sample.start, sample.end))
+    cache = CACHE / stable_hash({k: cfg[k] for k in ("num_frames", "size")})
+    cache.mkdir(parents=True, exist_ok=True)
+    times_path = cache / "times.json"
+    done: dict[str, list[float]] = json.loads(times_path.read_text()) if times_path.exists() else {}
+    jobs = [
+        (vid, path, cfg["num_frames"], cfg["size"], start, end, str(cache / f"{safe_name(vid)}.npy"))
+        for vid, (path, start, end) in sorted(videos.items())
+        if not (vid in done and (cache / f"{safe_name(vid)}.npy").exists())
+    ]
+    bad: dict[str, str] = {}
+    if jobs:
+        with ProcessPoolExecutor(max_workers=max(1, cfg["workers"]), mp_context=get_context("spawn")) as pool:
+            results = pool.map(_decode_one, jobs, chunksize=max(1, len(jobs) // (8 * max(1, cfg["workers"]))))
+            for i, (vid, times, error) in enumerate(tqdm(results, total=len(jobs), desc="frames", unit="video")):
+                if error:
+                    bad[vid] = error
+                else:
+                    done[vid] = times
+                if i % 64 == 0:
+                    atomic_write_json(times_path, done)
+        atomic_write_json(times_path, done)
+    if bad:
+        report = Path("data/frames_bad_videos.json")
+        atomic_write_json(report, bad)
+        affected = sum(s.video_id in bad for s in samples)
+        if not cfg["skip_bad"]:
+            first = "\n  ".join(f"{v}: {e}" for v, e in list(bad.items())[:10])
+            raise RuntimeError(
+                f"{len(bad)} unreadable video(s) ({affected} samples), listed in {report}:\n  {first}\n"
+                "Fix or remove them, or set frames.skip_bad: true to drop those samples."
+            )
+        print(f"frames: skipping {len(bad)} bad video(s), {affected} samples dropped (frames.skip_bad), see {report}")
+    _assemble({vid: done[vid] for vid in videos if vid in done}, cache, cfg, bad)
+
+
+def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str]) -> None:
+    tmp = OUT.with_name(OUT.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    index = {}
+    for vid in sorted(done):
+        name = f"{safe_name(vid)}.npy"
+        shutil.copyfile(cache / name, tmp / name)
+        index[vid] = {"file": name, "times": done[vid], "num_frames": cfg["num_frames"]}
+    atomic_write_json(tmp / "index.json", index)
+    atomic_write_json(tmp / "bad_videos.json", bad)
+    shutil.rmtree(OUT, ignore_errors=True)
+    tmp.rename(OUT)
+    print(f"frames: {len(index)} videos x {cfg['num_frames']} frames -> {OUT}")
+
+
+def main(argv=None) -> int:
+    from cater.stages.common import stage_main
+
+    return stage_main(__doc__, run, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Stage `splits`: samples -> data/splits/{train,val,test}.jsonl (official splits, optional mini subsets).
+
+Samples whose video the frames stage dropped (frames.skip_bad) are left out and counted.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from cater.data.schema import SPLITS, read_samples, write_samples
+from cater.data.splits import stratified_subset
+from cater.io import atomic_write_json
+
+SAMPLES = Path("data/samples.jsonl")
+FRAMES_INDEX = Path("data/frames/index.json")
+OUT = Path("data/splits")
+
+
+def run(params, args) -> None:
+    cfg = params["splits"]
+    samples = read_samples(SAMPLES)
+    with_frames = set(json.loads(FRAMES_INDEX.read_text()))
+    kept = [s for s in samples if s.video_id in with_frames]
+    dropped = len(samples) - len(kept)
+    summary = {"dropped_without_frames": dropped}
+    OUT.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        pool = [s for s in kept if s.split == split]
+        chosen = stratified_subset(pool, cfg.get(f"{split}_n"), cfg["seed"])
+        write_samples(OUT / f"{split}.jsonl", chosen)
+        summary[split] = {"samples": len(chosen), "of": len(pool), "videos": len({s.video_id for s in chosen})}
+        summary[split]["question_types"] = {t: sum(s.question_type == t for s in chosen) for t in sorted({s.question_type for s in chosen})}
+    atomic_write_json(OUT / "summary.json", summary)
+    print("splits: " + ", ".join(f"{k} {summary[k]['samples']}" for k in SPLITS) + (f" ({dropped} dropped: no frames)" if dropped else ""))
+
+
+def main(argv=None) -> int:
+    from cater.stages.common import stage_main
+
+    return stage_main(__doc__, run, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,19 +5,27 @@ frame-level prompts (one sentence per sampled frame). Finished rows are kept in
 data/.cache/prompts/<generator>/, so a killed or repeated run never asks twice. Videos whose prompts
 could not be produced are listed in <generator>.failures.jsonl; the stage fails when there are more
 than `prompts.max_failures` of them, and never fills a gap with other text.
+
+Backends that can estimate their cost (openai) print it before the first request: requests, images,
+input and output tokens, and dollars when the generator sets `usd_per_1m_input_tokens` and
+`usd_per_1m_output_tokens`. Settings that only change how requests are sent (timeouts, retries,
+concurrency, the key's variable) do not enter the rows' config hash (`registry.RUNTIME_KEYS`).
+Each call to the backend gets `batch_size` videos; the openai backend runs up to `concurrency` of
+them at once, so `batch_size` should be a few times `concurrency`.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, group_by_video, read_samples
 from cater.io import RowStore, write_jsonl
 from cater.prompts.base import PromptError, PromptRequest
-from cater.prompts.registry import make_backend
+from cater.prompts.registry import make_backend, result_config
 
 SPLITS_DIR = Path("data/splits")
 FRAMES = Path("data/frames")
@@ -25,13 +33,18 @@ OUT = Path("data/prompts")
 CACHE = Path("data/.cache/prompts")
 
 
-def build_requests(samples, frames: FrameStore) -> list[PromptRequest]:
+def build_requests(samples, frames: FrameStore, mmap: bool = False) -> list[PromptRequest]:
+    """One request per video; `mmap` maps the frames instead of reading them (enough for shapes)."""
     requests = []
     for video_id, group in sorted(group_by_video(samples).items()):
+        if mmap:
+            pixels = np.load(frames.directory / frames.index[video_id]["file"], mmap_mode="r")
+        else:
+            pixels = frames.load(video_id)
         requests.append(
             PromptRequest(
                 video_id=video_id,
-                frames=frames.load(video_id),
+                frames=pixels,
                 frame_times=frames.times(video_id),
                 questions=sorted({s.question for s in group}),
                 events=group[0].events,
@@ -49,12 +62,16 @@ def run(params, args) -> None:
     samples = [s for split in SPLITS for s in read_samples(SPLITS_DIR / f"{split}.jsonl")]
     frames = FrameStore(FRAMES)
     backend = make_backend(name, gen_cfg, CACHE / name / "responses")
-    store = RowStore(CACHE / name / "rows", {"generator": gen_cfg, "num_frames": params["frames"]["num_frames"]})
+    config = {"generator": result_config(gen_cfg), "num_frames": params["frames"]["num_frames"]}
+    store = RowStore(CACHE / name / "rows", config)
     done = store.load()  # finished videos only: failed ones are retried on the next run
     errors: dict[str, str] = {}
-    todo = [vid for vid in sorted(group_by_video(samples)) if vid not in done]
-    batch_size = cfg["batch_size"]
     by_video = group_by_video(samples)
+    todo = [vid for vid in sorted(by_video) if vid not in done]
+    batch_size = cfg["batch_size"]
+    if todo and hasattr(backend, "estimate"):  # what the run may cost, before any request
+        estimate = backend.estimate(build_requests([s for v in todo for s in by_video[v]], frames, mmap=True))
+        print(f"prompts[{name}]: {len(done)} videos done, {len(todo)} to do: {estimate}", flush=True)
     for start in tqdm(range(0, len(todo), batch_size), desc=f"prompts[{name}]", unit="batch"):
         ids = todo[start : start + batch_size]
         requests = build_requests([s for vid in ids for s in by_video[vid]], frames)
@@ -80,7 +97,8 @@ def run(params, args) -> None:
             f"see {OUT / (name + '.failures.jsonl')}, first: {failures[0]['video_id']}: {failures[0]['error']}"
         )
     write_jsonl(OUT / f"{name}.jsonl", [{k: v for k, v in row.items() if k != "key"} for row in ok])
-    print(f"prompts[{name}]: {len(ok)} videos, {len(failures)} failures -> {OUT / (name + '.jsonl')}")
+    sent = f", {backend.requests_sent} request(s) sent" if hasattr(backend, "requests_sent") else ""
+    print(f"prompts[{name}]: {len(ok)} videos, {len(failures)} failures{sent} -> {OUT / (name + '.jsonl')}")
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,383 @@
+"""`openai`: event and frame prompts from a vision-language model behind the OpenAI API.
+
+Each video becomes one request: the sampled frames as images (data URLs, resized so the longer
+side is at most `image_size`) plus the questions asked about the video as context (questions only:
+never choices, never answers). The model must answer with strict JSON-schema structured output
+`{"events": [str, ...], "frames": [str, ...]}`, with exactly one frame sentence per image; event
+sentences are spread over the frames in order (`spread_events`).
+
+Requests go through the official `openai` client, which does the retrying (`max_retries`, with
+`retry-after` honoured); this module adds what the client does not: a malformed response body,
+output that is not the JSON asked for, refusals and truncated answers all become that video's
+PromptError with the reason. `concurrency` requests run at once, in a thread pool. Every answered
+request is stored in a response cache keyed by the sha256 of its payload (see response_cache.py),
+so a rerun, or a run resumed after a kill, never sends a finished request again.
+
+The API key is read from the environment only (`OPENAI_API_KEY`, or the variable named by
+`api_key_env`), and only when a request has to be sent; it is never written anywhere.
+
+OpenAI-compatible servers (vLLM, Ollama, ...) work through `base_url`. Use `api: chat` (Chat
+Completions is what they all implement) and give the key a variable of its own, so a real OpenAI
+key is never sent to another server:
+
+    # vLLM:   vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 --api-key local-secret
+    #         export VLLM_API_KEY=local-secret
+    generators:
+      qwen-vl:
+        backend: openai
+        api: chat
+        model: Qwen/Qwen2.5-VL-7B-Instruct
+        base_url: http://localhost:8000/v1
+        api_key_env: VLLM_API_KEY
+
+    # Ollama: ollama pull llava:7b ; export OLLAMA_API_KEY=ollama  (Ollama ignores the value)
+    generators:
+      llava-ollama:
+        backend: openai
+        api: chat
+        model: llava:7b
+        base_url: http://localhost:11434/v1
+        api_key_env: OLLAMA_API_KEY
+        concurrency: 1
+
+Structured output through `response_format: json_schema` needs vLLM with guided decoding (the
+default) or Ollama >= 0.5; older servers may answer free text, which then fails validation and
+is reported per video.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from cater.prompts.base import PromptBackend, PromptError, PromptRequest, VideoPrompts, spread_events
+from cater.prompts.response_cache import ResponseCache, request_key
+
+APIS = ("responses", "chat")
+DETAILS = ("low", "high", "auto")
+IMAGE_FORMATS = ("jpeg", "png")
+
+OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "events": {"type": "array", "items": {"type": "string"}},
+        "frames": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["events", "frames"],
+    "additionalProperties": False,
+}
+SCHEMA_NAME = "video_prompts"
+
+INSTRUCTIONS = (
+    "You describe short videos for a video question-answering model. You see frames sampled "
+    "uniformly from one video, in time order. Answer with JSON only:\n"
+    '- "events": the distinct events of the video in the order they happen, one short factual '
+    "sentence each (who or what, its colour and shape or appearance, what it does, where it moves);\n"
+    '- "frames": exactly one short sentence per frame, in frame order, saying what is visible in '
+    "that frame and where.\n"
+    "Describe only what you see. Do not answer the questions; they only tell you what matters."
+)
+
+
+def encode_image(frame: np.ndarray, image_size: int, image_format: str = "jpeg") -> str:
+    """A data URL of one uint8 [H, W, 3] frame, downscaled so its longer side is <= image_size."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), mode="RGB")
+    w, h = image.size
+    scale = image_size / max(w, h)
+    if scale < 1:
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, format="PNG")
+    else:
+        image.save(buffer, format="JPEG", quality=90)
+    mime = "image/png" if image_format == "png" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def user_text(request: PromptRequest) -> str:
+    n = len(request.frame_times)
+    times = ", ".join(f"{t:.2f}" for t in request.frame_times)
+    lines = [f"The video has {n} frames below, at {times} seconds.", f'Give exactly {n} sentences in "frames".']
+    if request.questions:
+        lines.append("Questions that will be asked about this video (context only, do not answer them):")
+        lines += [f"- {q}" for q in request.questions]
+    return "\n".join(lines)
+
+
+def parse_output(text: str, num_frames: int) -> tuple[list[str], list[str]]:
+    """(events, frames) from the model's JSON text; PromptError naming what is wrong."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PromptError(f"output is not JSON ({exc.msg} at char {exc.pos}): {text[:120]!r}") from None
+    if not isinstance(obj, dict) or set(obj) != {"events", "frames"}:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise PromptError(f"output violates the schema: expected keys ['events', 'frames'], got {keys}")
+    for field in ("events", "frames"):
+        items = obj[field]
+        if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+            raise PromptError(f"output violates the schema: '{field}' must be a list of strings")
+        if any(not s.strip() for s in items):
+            raise PromptError(f"output violates the schema: '{field}' holds an empty sentence")
+    if not obj["events"]:
+        raise PromptError("output violates the schema: 'events' is empty")
+    if len(obj["frames"]) != num_frames:
+        raise PromptError(f"output has {len(obj['frames'])} frame sentences for {num_frames} frames")
+    return [s.strip() for s in obj["events"]], [s.strip() for s in obj["frames"]]
+
+
+def image_tokens(height: int, width: int, detail: str) -> int:
+    """Input tokens of one image by the gpt-4o tile rule (85 base + 170 per 512 px tile; low = 85)."""
+    if detail == "low":
+        return 85
+    scale = min(1.0, 2048 / max(height, width))
+    h, w = height * scale, width * scale
+    scale = min(1.0, 768 / min(h, w))
+    h, w = h * scale, w * scale
+    return 85 + 170 * math.ceil(h / 512) * math.ceil(w / 512)
+
+
+class OpenAIBackend(PromptBackend):
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        cache_dir,
+        base_url: str | None = None,
+        api: str = "responses",
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        concurrency: int = 4,
+        image_size: int = 512,
+        image_format: str = "jpeg",
+        detail: str = "low",
+        api_key_env: str = "OPENAI_API_KEY",
+        temperature: float | None = 0.0,
+        max_output_tokens: int = 1024,
+        usd_per_1m_input_tokens: float | None = None,
+        usd_per_1m_output_tokens: float | None = None,
+    ):
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a non-empty string")
+        if api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, got {api!r}")
+        if detail not in DETAILS:
+            raise ValueError(f"detail must be one of {DETAILS}, got {detail!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        for key, value in (("concurrency", concurrency), ("image_size", image_size), ("max_output_tokens", max_output_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not isinstance(api_key_env, str) or not api_key_env:
+            raise ValueError(f"api_key_env must name an environment variable")
+        self.model, self.base_url, self.api = model, base_url, api
+        self.timeout, self.max_retries, self.concurrency = float(timeout), max_retries, concurrency
+        self.image_size, self.image_format, self.detail = image_size, image_format, detail
+        self.api_key_env, self.temperature, self.max_output_tokens = api_key_env, temperature, max_output_tokens
+        self.prices = (usd_per_1m_input_tokens, usd_per_1m_output_tokens)
+        self.cache = ResponseCache(cache_dir)
+        self._client = None
+        self.requests_sent = 0  # requests handed to the client (its own retries not counted)
+        self._count_lock = threading.Lock()
+
+    # ---- payloads ---------------------------------------------------------------------------
+
+    def payload(self, request: PromptRequest) -> dict[str, Any]:
+        """The request body, exactly as sent (and hashed for the cache)."""
+        images = [encode_image(frame, self.image_size, self.image_format) for frame in request.frames]
+        if self.api == "responses":
+            content: list[dict] = [{"type": "input_text", "text": user_text(request)}]
+            for i, (url, t) in enumerate(zip(images, request.frame_times)):
+                content.append({"type": "input_text", "text": f"Frame {i + 1} (t={t:.2f}s):"})
+                content.append({"type": "input_image", "image_url": url, "detail": self.detail})
+            body = {
+                "model": self.model,
+                "instructions": INSTRUCTIONS,
+                "input": [{"role": "user", "content": content}],
+                "text": {"format": {"type": "json_schema", "name": SCHEMA_NAME, "schema": OUTPUT_SCHEMA, "strict": True}},
+                "max_output_tokens": self.max_output_tokens,
+            }
+        else:
+            content = [{"type": "text", "text": user_text(request)}]
+            for i, (url, t) in enumerate(zip(images, request.frame_times)):
+                content.append({"type": "text", "text": f"Frame {i + 1} (t={t:.2f}s):"})
+                content.append({"type": "image_url", "image_url": {"url": url, "detail": self.detail}})
+            body = {
+                "model": self.model,
+                "messages": [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": content}],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": SCHEMA_NAME, "schema": OUTPUT_SCHEMA, "strict": True},
+                },
+                "max_completion_tokens": self.max_output_tokens,
+            }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        return body
+
+    def cache_key(self, body: dict) -> str:
+        return request_key({"api": self.api, "body": body})
+
+    # ---- generation -------------------------------------------------------------------------
+
+    def generate(self, requests: list[PromptRequest]) -> list[VideoPrompts | PromptError]:
+        results: list[VideoPrompts | PromptError | None] = [None] * len(requests)
+        pending = []
+        for i, request in enumerate(requests):
+            body = self.payload(request)
+            key = self.cache_key(body)
+            cached = self.cache.get(key)
+            if cached is not None:
+                results[i] = self._to_prompts(request, cached["output_text"])
+            else:
+                pending.append((i, request, body, key))
+        if pending:
+            client = self.client()  # a missing key fails here, before any request
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(pending))) as pool:
+                futures = [(i, pool.submit(self._ask_one, client, request, body, key)) for i, request, body, key in pending]
+                for i, future in futures:
+                    results[i] = future.result()
+        return results  # type: ignore[return-value]
+
+    def _ask_one(self, client, request: PromptRequest, body: dict, key: str) -> VideoPrompts | PromptError:
+        try:
+            text, usage = self._send(client, body)
+            prompts = self._to_prompts(request, text, raise_errors=True)
+        except PromptError as exc:
+            return PromptError(f"video {request.video_id}: {exc}")
+        self.cache.put(key, {"api": self.api, "model": self.model, "output_text": text, "usage": usage})
+        return prompts
+
+    def _to_prompts(self, request: PromptRequest, text: str, raise_errors: bool = False) -> VideoPrompts | PromptError:
+        n = len(request.frame_times)
+        try:
+            events, frames = parse_output(text, n)
+        except PromptError as exc:
+            if raise_errors:
+                raise
+            return PromptError(f"video {request.video_id}: cached response: {exc}")
+        return VideoPrompts(video_id=request.video_id, events=spread_events(events, n), frames=frames)
+
+    def _send(self, client, body: dict) -> tuple[str, dict | None]:
+        """One request (the client retries); the output text, or PromptError with the reason."""
+        import openai
+
+        with self._count_lock:
+            self.requests_sent += 1
+        tries = f"after {self.max_retries} retries"
+        try:
+            if self.api == "responses":
+                response = client.responses.create(**body)
+                return self._responses_text(response), _usage(response)
+            completion = client.chat.completions.create(**body)
+            return self._chat_text(completion), _usage(completion)
+        except openai.APITimeoutError:
+            raise PromptError(f"request timed out ({self.timeout:g} s) {tries}") from None
+        except openai.APIConnectionError as exc:
+            raise PromptError(f"cannot connect to {client.base_url} {tries} ({type(exc).__name__})") from None
+        except openai.APIStatusError as exc:
+            raise PromptError(f"HTTP {exc.status_code} {type(exc).__name__} {tries}: {_short(exc.message)}") from None
+        except openai.APIResponseValidationError as exc:
+            raise PromptError(f"response body does not match the API ({_short(exc.message)})") from None
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"malformed response body (JSONDecodeError: {exc.msg} at char {exc.pos})") from None
+
+    @staticmethod
+    def _responses_text(response) -> str:
+        if isinstance(response, str):  # the client hands back non-JSON bodies as text
+            raise PromptError(f"malformed response body (not JSON): {response[:120]!r}")
+        status = getattr(response, "status", None)
+        if status not in (None, "completed"):
+            details = getattr(response, "incomplete_details", None)
+            reason = getattr(details, "reason", None) or getattr(response, "error", None)
+            raise PromptError(f"response {status}: {reason}")
+        try:
+            for item in response.output:
+                for part in getattr(item, "content", None) or []:
+                    if getattr(part, "type", None) == "refusal":
+                        raise PromptError(f"model refused: {_short(str(part.refusal))}")
+            return response.output_text
+        except (AttributeError, TypeError) as exc:
+            raise PromptError(f"response body does not match the Responses API ({exc})") from None
+
+    @staticmethod
+    def _chat_text(completion) -> str:
+        if isinstance(completion, str):
+            raise PromptError(f"malformed response body (not JSON): {completion[:120]!r}")
+        try:
+            choice = completion.choices[0]
+            message = choice.message
+            if getattr(message, "refusal", None):
+                raise PromptError(f"model refused: {_short(message.refusal)}")
+            if choice.finish_reason == "length":
+                raise PromptError("answer cut off at max_output_tokens")
+            if not isinstance(message.content, str):
+                raise PromptError("answer has no text content")
+            return message.content
+        except (AttributeError, TypeError, IndexError) as exc:
+            raise PromptError(f"response body does not match the Chat Completions API ({exc})") from None
+
+    def client(self):
+        """The OpenAI client, created on first use; the key comes from the environment only."""
+        if self._client is None:
+            import openai
+
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ValueError(
+                    f"environment variable {self.api_key_env} is not set; the openai prompt backend needs an API key "
+                    f"(set it, or name another variable with prompts.generators.<name>.api_key_env)"
+                )
+            self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries)
+        return self._client
+
+    # ---- cost -------------------------------------------------------------------------------
+
+    def estimate(self, requests: list[PromptRequest]) -> str:
+        """A worst-case cost line for `requests` (cached responses not subtracted); frames may be memory-mapped."""
+        images = text_tokens = img_tokens = 0
+        for request in requests:
+            _, h, w, _ = request.frames.shape
+            scale = min(1.0, self.image_size / max(h, w))
+            per_image = image_tokens(round(h * scale), round(w * scale), self.detail)
+            images += len(request.frame_times)
+            img_tokens += per_image * len(request.frame_times)
+            text_tokens += (len(INSTRUCTIONS) + len(user_text(request)) + 20 * len(request.frame_times)) // 4
+        out_tokens = self.max_output_tokens * len(requests)
+        line = (
+            f"up to {len(requests)} request(s) to {self.model} with {images} image(s): "
+            f"~{text_tokens + img_tokens:,} input tokens ({img_tokens:,} for images at detail={self.detail}, "
+            f"gpt-4o tile rule), <= {out_tokens:,} output tokens"
+        )
+        usd_in, usd_out = self.prices
+        if usd_in is not None and usd_out is not None:
+            cost = (text_tokens + img_tokens) * usd_in / 1e6 + out_tokens * usd_out / 1e6
+            line += f", <= ${cost:.2f}"
+        return line
+
+
+def _usage(response) -> dict | None:
+    usage = getattr(response, "usage", None)
+    if usage is None or not hasattr(usage, "model_dump"):
+        return None
+    return usage.model_dump(mode="json")
+
+
+def _short(text: Any, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,185 @@
+"""Stage `teacher`: score every split with one teacher and write its outputs.
+
+    python -m cater.stages.teacher --name videollava [--params params.yaml]
+
+Reads params `teacher.models.<name>` (family, model, dtype, device, device_map, quantization, num_frames,
+batch_size; other keys are family options), `data/splits/{train,val,test}.jsonl` and `data/frames/`.
+Resumes from `data/.cache/teacher/<name>/` and writes `data/teacher/<name>/outputs.jsonl` (one row per
+sample, sorted by id) and `data/teacher/<name>/summary.json`. Run under `accelerate launch` or `torchrun`
+to shard the samples across processes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cater.config import ConfigError, load_params
+from cater.data.frames import FrameStore
+from cater.data.schema import SPLITS, Sample, SchemaError, read_samples
+from cater.io import atomic_write_json, write_jsonl
+from cater.teachers.base import TeacherConfig, TeacherError
+from cater.teachers.runner import check_samples, score_samples
+
+SPLITS_DIR = Path("data/splits")
+FRAMES_DIR = Path("data/frames")
+CACHE_DIR = Path("data/.cache/teacher")
+OUT_DIR = Path("data/teacher")
+CONFIG_KEYS = ("family", "model", "dtype", "device", "device_map", "quantization", "num_frames", "batch_size")
+FULL_HASH_LIMIT = 64 << 20  # files above this are fingerprinted by size and their first and last MiB
+
+
+def teacher_config(name: str, params: dict[str, Any], source: str) -> TeacherConfig:
+    section = params.get("teacher")
+    if not isinstance(section, dict) or not isinstance(section.get("models"), dict):
+        raise ConfigError(f"{source}: missing section 'teacher.models'")
+    models = section["models"]
+    if name not in models:
+        raise ConfigError(f"{source}: no teacher 'teacher.models.{name}' (defined: {', '.join(sorted(models)) or 'none'})")
+    entry = models[name]
+    where = f"{source}: teacher.models.{name}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    for key in ("family", "model"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise ConfigError(f"{where}.{key}: required, a non-empty string")
+    batch_size = entry.get("batch_size", section.get("batch_size", 4))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"{where}.batch_size: must be a positive integer, got {batch_size!r}")
+    num_frames = entry.get("num_frames")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
+        raise ConfigError(f"{where}.num_frames: must be a positive integer or null, got {num_frames!r}")
+    known = {k: entry[k] for k in CONFIG_KEYS if k in entry and k != "batch_size"}
+    extra = {k: v for k, v in entry.items() if k not in CONFIG_KEYS}
+    return TeacherConfig(**known, batch_size=batch_size, extra=extra)
+
+
+def checkpoint_fingerprint(model: str) -> dict[str, Any]:
+    """Identifies the checkpoint's content, so cached rows of another checkpoint are never reused."""
+    path = Path(model)
+    if not path.is_dir():
+        return {"hub_id": model}
+    files = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        files[str(file.relative_to(path))] = _file_fingerprint(file)
+    return {"files": files}
+
+
+def _file_fingerprint(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        if size <= FULL_HASH_LIMIT:
+            digest.update(handle.read())
+        else:
+            digest.update(handle.read(1 << 20))
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def read_splits() -> dict[str, list[Sample]]:
+    splits = {}
+    for split in SPLITS:
+        path = SPLITS_DIR / f"{split}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: split file missing; run the splits stage first")
+        splits[split] = read_samples(path)
+    return splits
+
+
+def make_accelerator(config: TeacherConfig):
+    """An Accelerator only when launched with several processes (torchrun / accelerate launch)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
+    if accelerator.device.type == "cuda" and config.device in ("auto", "cuda") and not config.device_map:
+        config.device = str(accelerator.device)  # one GPU per process
+    return accelerator
+
+
+def summarize(name: str, config: TeacherConfig, splits: dict[str, list[Sample]], rows: list[dict]) -> dict:
+    """Counts per split, missing reasons, and (for information only) the teacher's accuracy on labelled samples."""
+    by_id = {row["key"]: row for row in rows}
+    reasons = Counter(row["missing_reason"] for row in rows if row["choice_logits"] is None)
+    per_split = {}
+    for split, samples in splits.items():
+        scored = [s for s in samples if by_id[s.id]["choice_logits"] is not None]
+        labelled = [s for s in scored if s.answer_idx is not None]
+        correct = sum(by_id[s.id]["hard_idx"] == s.answer_idx for s in labelled)
+        per_split[split] = {
+            "samples": len(samples),
+            "scored": len(scored),
+            "missing": len(samples) - len(scored),
+            "labelled_scored": len(labelled),
+            "correct": correct,
+            "accuracy": round(correct / len(labelled), 6) if labelled else None,
+        }
+    return {
+        "teacher": name,
+        "family": config.family,
+        "model": config.model,
+        "samples": len(rows),
+        "missing": sum(reasons.values()),
+        "missing_reasons": dict(sorted(reasons.items())),
+        "splits": per_split,
+        "accuracy_note": "hard_idx vs answer_idx over scored, labelled samples; computed after scoring",
+    }
+
+
+def run(name: str, params_path: str, progress: bool = True) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"teacher name {name!r}: use letters, digits, '_', '.', '-' only")
+    config = teacher_config(name, load_params(params_path), params_path)
+    splits = read_splits()
+    frame_store = FrameStore(FRAMES_DIR)
+    for split, samples in splits.items():
+        check_samples(samples, frame_store, source=str(SPLITS_DIR / f"{split}.jsonl"))
+    samples = [s for split in SPLITS for s in splits[split]]
+    check_samples(samples, frame_store, source=str(SPLITS_DIR))  # ids unique across splits
+
+    accelerator = make_accelerator(config)
+    from cater.teachers.registry import build_teacher
+
+    teacher = build_teacher(config)
+    config_for_hash = {
+        "family": config.family, "model": config.model, "dtype": config.dtype, "quantization": config.quantization,
+        "num_frames": config.num_frames, "extra": config.extra, "batch_size": config.batch_size,
+        "checkpoint": checkpoint_fingerprint(config.model),
+    }
+    rows = score_samples(teacher, samples, frame_store, CACHE_DIR / name, config_for_hash, config.batch_size,
+                         accelerator=accelerator, progress=progress)
+    if accelerator is None or accelerator.is_main_process:
+        out_dir = OUT_DIR / name
+        write_jsonl(out_dir / "outputs.jsonl", rows)
+        atomic_write_json(out_dir / "summary.json", summarize(name, config, splits, rows))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cater.stages.teacher", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="teacher name under teacher.models in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        run(args.name, args.params, progress=not args.no_progress)
+    except (TeacherError, ConfigError, SchemaError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"teacher stage failed: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

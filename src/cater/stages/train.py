@@ -1,0 +1,81 @@
+"""Stage `train`: cached features + teacher outputs -> models/student.pt and metrics/train/ (dvclive).
+
+The prompt variant, prompt generator, distillation mode and teacher are picked here by params,
+so experiments that change them re-run only `train` and `eval`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from cater.data.schema import read_samples
+from cater.features import CachedFeatures
+from cater.io import atomic_path
+from cater.train import FeatureBatcher, SplitTensors, TrainConfig, derangement, load_teacher_outputs, train
+
+SPLITS_DIR = Path("data/splits")
+FEATURES = Path("data/features")
+TEACHER_DIR = Path("data/teacher")
+CHECKPOINT = Path("models/student.pt")
+LIVE_DIR = Path("metrics/train")
+
+
+def prepare(params) -> tuple[TrainConfig, CachedFeatures, dict, FeatureBatcher]:
+    cfg = TrainConfig(**params["train"])
+    features = CachedFeatures(FEATURES)
+    teacher = None
+    if cfg.distill.mode != "none":
+        teacher = load_teacher_outputs(TEACHER_DIR / cfg.teacher / "outputs.jsonl")
+    splits = {name: read_samples(SPLITS_DIR / f"{name}.jsonl") for name in ("train", "val", "test")}
+    random_map = None
+    if cfg.prompt_variant == "random":
+        random_map = {}
+        for name, samples in splits.items():  # shuffle within a split, so no prompt crosses splits
+            random_map.update(derangement(sorted({s.video_id for s in samples}), cfg.seed))
+    tensors = {name: SplitTensors(samples, features, cfg, teacher if name == "train" else None, random_map)
+               for name, samples in splits.items()}
+    backbone = frames = None
+    if cfg.backbone_on_the_fly:
+        from cater.data.frames import FrameStore
+        from cater.models.backbone import BackboneSpec, FrozenBackbone
+
+        backbone = FrozenBackbone(BackboneSpec(**features.index["backbone"]))
+        frames = FrameStore(Path("data/frames"))
+    return cfg, features, tensors, FeatureBatcher(features, backbone, frames)
+
+
+def run(params, args) -> None:
+    from dvclive import Live
+
+    cfg, features, tensors, batcher = prepare(params)
+    missing = tensors["train"].missing_prompts
+    if missing:
+        print(f"train: {missing} training samples have no {cfg.prompt_generator} prompts (their videos failed the prompts stage)")
+    if cfg.distill.mode != "none":
+        valid = int(tensors["train"].teacher_valid.sum())
+        print(f"train: teacher {cfg.teacher} gives usable outputs for {valid}/{len(tensors['train'])} training samples")
+    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        def log(epoch, metrics):
+            for key, value in metrics.items():
+                live.log_metric(key, value)
+            live.next_step()
+
+        checkpoint = train(cfg, tensors["train"], tensors["val"], batcher, features, log=log)
+        live.summary["best_epoch"] = checkpoint["best_epoch"]
+        live.summary["best_val_accuracy"] = checkpoint["val_accuracy"]
+    CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(CHECKPOINT) as tmp:
+        torch.save(checkpoint, tmp)
+    print(f"train: best epoch {checkpoint['best_epoch']} val accuracy {checkpoint['val_accuracy']:.4f} -> {CHECKPOINT}")
+
+
+def main(argv=None) -> int:
+    from cater.stages.common import stage_main
+
+    return stage_main(__doc__, run, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Resumable, shardable teacher scoring over samples, cached in an append-only `RowStore`.
+
+Batches are fixed chunks of the samples sorted by id, so a batch always holds the same samples, whether
+the run was interrupted, resumed, or split across processes; each finished batch is appended (flushed
+and fsynced) before the next starts, so a SIGKILL loses at most the batch in flight. A cached row is
+reused only while its sample's teacher-visible input (question, choices, subtitles, frames entry) is
+unchanged. Under `accelerate launch` / `torchrun` the unfinished batches are split across processes;
+each writes its own file, and every process returns the same assembled rows.
+
+Row format: {"key": id, "choice_logits": [float] | None, "hard_idx": int | None,
+             "hidden": encode_array(float16) | None, "missing_reason": str | None}
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cater.data.frames import FrameStore
+from cater.data.schema import Sample
+from cater.io import RowStore, encode_array, stable_hash
+from cater.teachers.base import LETTERS, Teacher, TeacherError, TeacherInput, TeacherOutput
+
+ROW_FIELDS = ("key", "choice_logits", "hard_idx", "hidden", "missing_reason")
+
+
+def check_samples(samples: Iterable[Sample], frame_store: FrameStore, source: str = "samples") -> None:
+    """Fail before any scoring if a sample has more options than letters or no stored frames."""
+    seen: set[str] = set()
+    for sample in samples:
+        where = f"{source}: sample {sample.id!r}"
+        if sample.id in seen:
+            raise TeacherError(f"{where}: duplicate sample id")
+        seen.add(sample.id)
+        if len(sample.choices) > len(LETTERS):
+            raise TeacherError(f"{where}: {len(sample.choices)} choices, but teachers have only {len(LETTERS)} "
+                               f"option letters ({''.join(LETTERS)})")
+        if sample.video_id not in frame_store:
+            raise TeacherError(f"{where}: no frames for video {sample.video_id!r} in {frame_store.directory}")
+        if frame_store.index[sample.video_id].get("num_frames") == 0:
+            raise TeacherError(f"{where}: video {sample.video_id!r} has 0 stored frames in {frame_store.directory}")
+
+
+def input_digest(sample: Sample, frame_store: FrameStore) -> str:
+    """What the teacher sees of a sample (never the answer); a cached row is valid only for this digest."""
+    return stable_hash({
+        "video_id": sample.video_id,
+        "frames": frame_store.index.get(sample.video_id),
+        "question": sample.question,
+        "choices": sample.choices,
+        "subtitles": sample.subtitles,
+    })
+
+
+def canonical_float(value: float) -> float:
+    """A float32 value as the shortest decimal that round-trips, so JSON text is stable."""
+    return float(str(np.float32(value)))
+
+
+def output_row(output: TeacherOutput) -> dict[str, Any]:
+    """The stored row of one output; the hidden state is kept as float16."""
+    if output.choice_logits is None:
+        return _missing_row(output.id, output.missing_reason or "teacher gave no output")
+    hidden = None
+    if output.hidden is not None:
+        with np.errstate(over="ignore"):
+            hidden = np.asarray(output.hidden, dtype=np.float16)
+        if not np.isfinite(hidden).all():
+            return _missing_row(output.id, "hidden state overflows float16")
+    return {
+        "key": output.id,
+        "choice_logits": [canonical_float(x) for x in output.choice_logits],
+        "hard_idx": int(output.hard_idx),
+        "hidden": None if hidden is None else encode_array(hidden),
+        "missing_reason": None,
+    }
+
+
+def _missing_row(key: str, reason: str) -> dict[str, Any]:
+    return {"key": key, "choice_logits": None, "hard_idx": None, "hidden": None, "missing_reason": reason}
+
+
+def fixed_batches(samples: list[Sample], batch_size: int) -> list[list[Sample]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ordered = sorted(samples, key=lambda s: s.id)
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def _teacher_inputs(batch: list[Sample], frame_store: FrameStore) -> list[TeacherInput]:
+    return [TeacherInput(s.id, frame_store.load(s.video_id), s.question, list(s.choices), s.subtitles) for s in batch]
+
+
+def _valid_rows(store: RowStore, digests: dict[str, str]) -> dict[str, dict]:
+    """Finished rows, from every writer's file, whose input digest matches the sample's current one."""
+    store.load()  # drops a torn last line from this writer's own file
+    valid: dict[str, dict] = {}
+    for path in sorted(store.directory.glob("rows-*.jsonl")):
+        for key, row in store._load_file(path, repair=False).items():
+            if key in digests and row.get("input") == digests[key]:
+                valid[key] = row
+    return valid
+
+
+def score_samples(
+    teacher: Teacher,
+    samples: list[Sample],
+    frame_store: FrameStore,
+    store_dir: str | Path,
+    config_for_hash: Any,
+    batch_size: int,
+    accelerator=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Score every sample (resuming from `store_dir`) and return the rows sorted by sample id."""
+    check_samples(samples, frame_store)
+    rank = accelerator.process_index if accelerator is not None else 0
+    is_main = accelerator is None or accelerator.is_main_process
+    store = RowStore(store_dir, config_for_hash, writer=str(rank))
+    digests = {s.id: input_digest(s, frame_store) for s in samples}
+    done = set(_valid_rows(store, digests))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # every rank sees the same finished set before anyone appends
+
+    todo = [batch for batch in fixed_batches(samples, batch_size) if any(s.id not in done for s in batch)]
+    with _shard(accelerator, todo) as mine:
+        bar = tqdm(total=sum(len(b) for b in mine), unit="sample", desc=f"teacher {teacher.family}",
+                   disable=not (progress and is_main))
+        for batch in mine:
+            outputs = teacher.score(_teacher_inputs(batch, frame_store))
+            if [o.id for o in outputs] != [s.id for s in batch]:
+                raise TeacherError(f"teacher {teacher.family} returned outputs out of order or incomplete")
+            store.append({**output_row(o), "input": digests[o.id]} for o in outputs if o.id not in done)
+            bar.update(len(batch))
+        bar.close()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return assemble(store, samples, digests)
+
+
+@contextlib.contextmanager
+def _shard(accelerator, batches: list):
+    if accelerator is None or accelerator.num_processes == 1:
+        yield batches
+    else:
+        with accelerator.split_between_processes(batches) as mine:
+            yield list(mine)
+
+
+def assemble(store: RowStore, samples: list[Sample], digests: dict[str, str]) -> list[dict]:
+    rows = _valid_rows(store, digests)
+    out = []
+    for sample in sorted(samples, key=lambda s: s.id):
+        row = rows.get(sample.id)
+        if row is None:
+            raise TeacherError(f"{store.directory}: no finished row for sample {sample.id!r} after scoring")
+        out.append({field: row[field] for field in ROW_FIELDS})
+    return out

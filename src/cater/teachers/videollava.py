@@ -1,0 +1,400 @@
+"""Video-LLaVA as a teacher: one batched forward pass per batch, option-letter logits at the answer position.
+
+The model is loaded with `VideoLlavaForConditionalGeneration.from_pretrained` and the prompt follows the
+checkpoint's chat format: `USER: <video>\\n{question}\\n{options}\\nAnswer with the option's letter. ASSISTANT:`
+(through the processor's chat template when the checkpoint ships one). The scores of a sample are the
+next-token logits of the option letters (" A", " B", ... as the tokenizer encodes them right after
+"ASSISTANT:") at the last prompt position. The pooled hidden state is the final (normed) hidden state of
+the language model at that same position: the last non-pad token, since batches are left-padded.
+
+`write_tiny_videollava` writes a tiny randomly initialised checkpoint in the real format, so tests and the
+demo exercise the same loading code as the 7B model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cater.data.frames import uniform_indices
+from cater.teachers.base import LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block
+
+MODEL_TYPE = "video_llava"
+INSTRUCTION = "Answer with the option's letter."
+KNOWN_EXTRA = {"revision", "attn_implementation", "instruction"}
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def resolve_device(device: str):
+    """'auto' -> cuda when available, else cpu; an unavailable cuda device is an error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TeacherError(f"device {device!r} requested, but CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise TeacherError(f"device {device!r} is not a valid torch device (use auto, cpu, cuda or cuda:N)") from None
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise TeacherError(f"dtype {name!r} is not supported (use one of {sorted(DTYPES)})")
+    return getattr(torch, DTYPES[name])
+
+
+def read_checkpoint_config(model: str, revision: str | None = None) -> dict[str, Any]:
+    """The checkpoint's config.json as a dict; a clear TeacherError if it cannot be found."""
+    path = Path(model)
+    if path.exists():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise TeacherError(f"{path}: not a model checkpoint directory (no config.json)")
+        try:
+            return json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise TeacherError(f"{config_file}: malformed JSON ({exc.msg})") from None
+    from transformers import PreTrainedConfig
+
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(model, revision=revision)
+    except Exception as exc:  # OSError, EnvironmentError, HF hub errors: all mean "not available here"
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise TeacherError(
+            f"{model}: checkpoint not found (no such local directory, and the hub id could not be resolved: {reason})"
+        ) from None
+    return config
+
+
+def quantization_config(kind: str | None, device, compute_dtype):
+    """A BitsAndBytesConfig for 4bit/8bit; only on CUDA with bitsandbytes importable."""
+    if kind is None:
+        return None
+    if kind not in ("4bit", "8bit"):
+        raise TeacherError(f"quantization {kind!r} is not supported (use 4bit, 8bit or leave it unset)")
+    if device.type != "cuda":
+        raise TeacherError(f"quantization {kind!r} needs a CUDA device (bitsandbytes); the device here is {device.type}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TeacherError(f"quantization {kind!r} needs the bitsandbytes package, which is not installed") from None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type="nf4")
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+# ----------------------------------------------------------------------------------------------- teacher
+
+
+class VideoLlavaTeacher(Teacher):
+    family = "videollava"
+
+    def __init__(self, config: TeacherConfig):
+        super().__init__(config)
+        import torch
+        from transformers import VideoLlavaForConditionalGeneration, VideoLlavaProcessor
+
+        unknown = set(config.extra) - KNOWN_EXTRA
+        if unknown:
+            raise TeacherError(f"teacher {config.model}: unknown option(s) {sorted(unknown)} for family videollava "
+                               f"(known: {sorted(KNOWN_EXTRA)})")
+        revision = config.extra.get("revision")
+        checkpoint = read_checkpoint_config(config.model, revision)
+        model_type = checkpoint.get("model_type")
+        if model_type != MODEL_TYPE:
+            raise TeacherError(f"{config.model}: model_type is {model_type!r}, but family videollava needs {MODEL_TYPE!r}")
+
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype)
+        quant = quantization_config(config.quantization, self.device, self.dtype)
+        load_kwargs: dict[str, Any] = {"dtype": self.dtype, "revision": revision}
+        if config.extra.get("attn_implementation"):
+            load_kwargs["attn_implementation"] = config.extra["attn_implementation"]
+        if config.device_map or quant is not None:
+            load_kwargs["device_map"] = config.device_map or {"": self.device.index or 0}
+        if quant is not None:
+            load_kwargs["quantization_config"] = quant
+        try:
+            self.model = VideoLlavaForConditionalGeneration.from_pretrained(config.model, **load_kwargs)
+            self.processor = VideoLlavaProcessor.from_pretrained(config.model, revision=revision)
+        except OSError as exc:
+            raise TeacherError(f"{config.model}: cannot load the Video-LLaVA checkpoint ({exc})") from None
+        if "device_map" not in load_kwargs:
+            self.model.to(self.device)
+        self.model.eval()
+        self.input_device = self.model.device
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            raise TeacherError(f"{config.model}: the tokenizer has no pad token, so batches cannot be padded")
+        self.instruction = config.extra.get("instruction", INSTRUCTION)
+        self.hidden_size = int(self.model.config.text_config.hidden_size)
+        self.letter_ids = self._letter_token_ids()
+        self._torch = torch
+
+    # -- prompt ---------------------------------------------------------------------------------------
+
+    def prompt(self, item: TeacherInput) -> str:
+        """The full prompt up to and including 'ASSISTANT:'. Never contains the answer."""
+        lines = []
+        if item.subtitles:
+            lines.append(f"Subtitles: {item.subtitles.strip()}")
+        lines += [item.question.strip(), options_block(item.choices), self.instruction]
+        body = "\n".join(lines)
+        if self.processor.chat_template:
+            messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": body}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return f"USER: {self.processor.video_token}\n{body} ASSISTANT:"
+
+    def _letter_token_ids(self) -> tuple[int, ...]:
+        """Each letter's token id in context: the prompt plus ' X' must add exactly one token."""
+        probe = TeacherInput("probe", np.zeros((1, 1, 1, 3), np.uint8), "Which option?", list(LETTERS))
+        prompt = self.prompt(probe)
+        base = self.tokenizer(prompt)["input_ids"]
+        ids = []
+        for letter in LETTERS:
+            extended = self.tokenizer(f"{prompt} {letter}")["input_ids"]
+            if len(extended) != len(base) + 1 or extended[: len(base)] != base:
+                pieces = self.tokenizer.convert_ids_to_tokens(extended[len(base) - 1:])
+                raise TeacherError(
+                    f"{self.config.model}: option letter {letter!r} does not encode to exactly one token after the "
+                    f"prompt (got {pieces}); cannot read its logit at the answer position"
+                )
+            ids.append(extended[-1])
+        if len(set(ids)) != len(ids):
+            raise TeacherError(f"{self.config.model}: option letters share token ids {ids}")
+        return tuple(ids)
+
+    def _frames(self, item: TeacherInput) -> np.ndarray:
+        frames = item.frames
+        n = self.config.num_frames
+        if n is not None and n != len(frames):
+            frames = frames[uniform_indices(len(frames), n)]
+        return frames
+
+    def _encode(self, items: list[TeacherInput]):
+        inputs = self.processor(
+            text=[self.prompt(item) for item in items],
+            videos=[self._frames(item) for item in items],
+            padding=True,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.input_device) for k, v in inputs.items()}
+
+    def _forward(self, inputs: dict):
+        """Final hidden state and vocabulary logits at the last position of each (left-padded) row."""
+        torch = self._torch
+        mask = inputs["attention_mask"]
+        # positions count real tokens only, so a left-padded row is computed like an unpadded one
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.model.model(
+                input_ids=inputs["input_ids"],
+                attention_mask=mask,
+                position_ids=position_ids,
+                pixel_values_videos=inputs["pixel_values_videos"].to(self.model.dtype),
+                use_cache=False,
+            )
+            last = out.last_hidden_state[:, -1]
+            logits = self.model.lm_head(last)
+        return last.float().cpu(), logits.float().cpu()
+
+    # -- scoring --------------------------------------------------------------------------------------
+
+    def score(self, batch: list[TeacherInput]) -> list[TeacherOutput]:
+        for item in batch:
+            self.check_input(item)
+        results: dict[int, TeacherOutput] = {}
+        # one forward pass per group of equal frame count (normally the whole batch)
+        groups: dict[int, list[int]] = {}
+        for i, item in enumerate(batch):
+            groups.setdefault(len(self._frames(item)), []).append(i)
+        for indices in groups.values():
+            items = [batch[i] for i in indices]
+            hidden, logits = self._forward(self._encode(items))
+            for row, (i, item) in enumerate(zip(indices, items)):
+                results[i] = self._output(item, logits[row], hidden[row])
+        return [results[i] for i in range(len(batch))]
+
+    def _output(self, item: TeacherInput, vocab_logits, hidden) -> TeacherOutput:
+        letters = vocab_logits[list(self.letter_ids[: len(item.choices)])].numpy().astype(np.float32)
+        hidden = hidden.numpy().astype(np.float32)
+        if not np.isfinite(letters).all():
+            return TeacherOutput(item.id, None, None, None, "non-finite option logits")
+        if not np.isfinite(hidden).all():
+            return TeacherOutput(item.id, None, None, None, "non-finite hidden state")
+        return TeacherOutput(item.id, [float(x) for x in letters], int(np.argmax(letters)), hidden)
+
+    def score_per_option(self, batch: list[TeacherInput]) -> list[TeacherOutput]:
+        """The older, slower way, kept as a reference: C+1 unbatched passes for C options.
+
+        One pass over the prompt gives the hidden state; one pass per option with that option's letter
+        appended gives the log-probability of the letter at the answer position. `choice_logits` holds
+        these log-probabilities (they equal the one-pass logits up to a per-sample constant).
+        """
+        torch = self._torch
+        outputs = []
+        for item in batch:
+            self.check_input(item)
+            inputs = self._encode([item])
+            hidden, _ = self._forward(inputs)
+            logprobs = []
+            for letter_id in self.letter_ids[: len(item.choices)]:
+                appended = dict(inputs)
+                letter = torch.full((1, 1), letter_id, dtype=inputs["input_ids"].dtype, device=self.input_device)
+                appended["input_ids"] = torch.cat([inputs["input_ids"], letter], dim=1)
+                appended["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(letter)], dim=1)
+                with torch.inference_mode():
+                    logits = self.model(
+                        input_ids=appended["input_ids"],
+                        attention_mask=appended["attention_mask"],
+                        pixel_values_videos=appended["pixel_values_videos"].to(self.model.dtype),
+                        use_cache=False,
+                    ).logits
+                answer_position = logits[0, -2].float()  # predicts the appended letter
+                logprobs.append(torch.log_softmax(answer_position, dim=-1)[letter_id].item())
+            scores = np.asarray(logprobs, dtype=np.float32)
+            outputs.append(TeacherOutput(item.id, scores.tolist(), int(np.argmax(scores)), hidden[0].numpy()))
+        return outputs
+
+
+# ----------------------------------------------------------------------------------------------- tiny model
+
+TINY_FRAME_SIZE = 32
+TINY_PATCH = 8
+TINY_FRAMES = 8
+TINY_HIDDEN = 32
+_TINY_CORPUS = (
+    "USER: <video>\nWhat happens first in the video?\nA. a red circle moves left\nB. a blue square moves right\n"
+    "C. a green triangle appears\nD. the yellow star disappears\nE. nothing changes\n"
+    "Answer with the option's letter. ASSISTANT: A ASSISTANT: B ASSISTANT: C ASSISTANT: D ASSISTANT: E\n"
+    "Subtitles: which shape moved up or down before or after the other one? what color was it? how many?\n"
+    "the of and to in is it that was for on are with as at be this have from or one had by word but not "
+    "what all were we when your can said there use an each which she do how their if will up other about out "
+    "many then them these so some her would make like him into time has look two more write go see number no "
+    "way could people my than first water been call who oil its now find long down day did get come made may part"
+)
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: "
+    "{% for item in message['content'] if item['type'] == 'image' %}<image>\n{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'video' %}<video>\n{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] }} {% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def _tiny_tokenizer():
+    """A byte-level BPE tokenizer learned from a fixed text (deterministic), with Llama-like special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import TokenizersBackend
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),
+        special_tokens=["<unk>", "<s>", "</s>"],
+        show_progress=False,
+    )
+    tok.train_from_iterator([_TINY_CORPUS], trainer)
+    tok.add_special_tokens(["<image>", "<video>", "<pad>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return TokenizersBackend(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        padding_side="left", extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+    )
+
+
+def _init_weights_deterministically(model, seed: int) -> None:
+    """Fill every parameter from one seeded generator, in name order (independent of torch's init)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if param.ndim == 1 and ("norm" in name or name.endswith("layer_norm1.weight")
+                                    or name.endswith("layer_norm2.weight")):
+                param.fill_(1.0)
+            elif param.ndim == 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+            else:
+                fan_in = int(np.prod(param.shape[1:]))
+                std = 1.0 if "embed_tokens" in name or "embedding" in name else fan_in ** -0.5
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def write_tiny_videollava(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Video-LLaVA checkpoint (config, safetensors, fast tokenizer, processor) to `path`."""
+    from transformers import (VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor,
+                              VideoLlavaProcessor, VideoLlavaVideoProcessor)
+
+    path = Path(path)
+    tokenizer = _tiny_tokenizer()
+    size = {"shortest_edge": TINY_FRAME_SIZE}
+    crop = {"height": TINY_FRAME_SIZE, "width": TINY_FRAME_SIZE}
+    processor = VideoLlavaProcessor(
+        image_processor=VideoLlavaImageProcessor(size=size, crop_size=crop),
+        video_processor=VideoLlavaVideoProcessor(size=size, crop_size=crop),
+        tokenizer=tokenizer,
+        patch_size=TINY_PATCH,
+        chat_template=_CHAT_TEMPLATE,
+    )
+    tokens_per_frame = (TINY_FRAME_SIZE // TINY_PATCH) ** 2 + 1  # patches + CLS
+    config = VideoLlavaConfig(
+        vision_config=dict(
+            model_type="clip_vision_model", hidden_size=TINY_HIDDEN, intermediate_size=2 * TINY_HIDDEN,
+            num_hidden_layers=2, num_attention_heads=2, image_size=TINY_FRAME_SIZE, patch_size=TINY_PATCH,
+            projection_dim=TINY_HIDDEN,
+        ),
+        text_config=dict(
+            model_type="llama", hidden_size=TINY_HIDDEN, intermediate_size=2 * TINY_HIDDEN, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=2048,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_seq_length=tokens_per_frame - 1,
+        video_seq_length=tokens_per_frame * TINY_FRAMES,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = VideoLlavaForConditionalGeneration(config)
+    _init_weights_deterministically(model, seed)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        _replace_dir(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return path
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put directory `new` at `target`, removing an older `target` only after the rename succeeded."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{new.name.rsplit('.', 1)[-1]}")
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old)

@@ -1,0 +1,267 @@
+"""Training and evaluation of the student on cached (or recomputed) backbone features.
+
+The loop runs unchanged on one CPU, one GPU or several processes under `accelerate launch` /
+`torchrun` (DDP); `accelerate` picks the device and precision. Logging goes through a callback,
+so this module knows nothing about DVC.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cater.data.schema import Sample
+from cater.distill import DistillationLoss, DistillConfig
+from cater.features import CachedFeatures
+from cater.io import decode_array, read_jsonl
+from cater.models.student import CaTeRStudent, StudentConfig
+
+PROMPT_VARIANTS = ("none", "random", "frame", "event")
+
+
+@dataclass
+class TrainConfig:
+    prompt_variant: str = "event"
+    prompt_generator: str = "annotations"
+    teacher: str = "videollava"
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    student: dict = field(default_factory=dict)
+    choice_text: str = "qa"  # qa: pooled `question + answer` (recipe) | answer: the answer alone
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+    backbone_on_the_fly: bool = False
+    mixed_precision: str = "no"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.distill, dict):
+            self.distill = DistillConfig(**self.distill)
+        if self.prompt_variant not in PROMPT_VARIANTS:
+            raise ValueError(f"train.prompt_variant must be one of {PROMPT_VARIANTS}, got {self.prompt_variant!r}")
+        if self.choice_text not in ("qa", "answer"):
+            raise ValueError(f"train.choice_text must be qa or answer, got {self.choice_text!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def derangement(items: list[str], seed: int) -> dict[str, str]:
+    """Map every item to a different item (the shuffled-prompt control), deterministically."""
+    if len(items) < 2:
+        raise ValueError("the random prompt variant needs at least 2 videos")
+    order = sorted(items)
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+
+
+def load_teacher_outputs(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: teacher outputs missing (run or pull the teacher stage)")
+    return {row["id"]: row for row in read_jsonl(path)}
+
+
+class SplitTensors:
+    """Everything one split needs, as index tensors into the cached features."""
+
+    def __init__(self, samples: list[Sample], features: CachedFeatures, cfg: TrainConfig, teacher: dict[str, dict] | None,
+                 random_map: dict[str, str] | None):
+        if not samples:
+            raise ValueError("empty split")
+        index = features.index
+        t = features.num_frames
+        c = max(len(s.choices) for s in samples)
+        n = len(samples)
+        self.ids = [s.id for s in samples]
+        self.question_types = [s.question_type for s in samples]
+        self.video_ids = [s.video_id for s in samples]
+        self.video_row = torch.tensor([features.video_row[s.video_id] for s in samples])
+        self.labels = torch.tensor([s.answer_idx if s.answer_idx is not None else -100 for s in samples])
+        self.choice_ids = torch.zeros(n, c, dtype=torch.long)
+        self.choice_mask = torch.zeros(n, c, dtype=torch.bool)
+        self.question_ids = torch.tensor([index["samples"][s.id]["question"] for s in samples])
+        self.prompt_ids = torch.full((n, t), -1, dtype=torch.long)
+        key = "qa" if cfg.choice_text == "qa" else "answer"
+        prompts = None if cfg.prompt_variant == "none" else features.prompt_ids(cfg.prompt_generator)
+        kind = "frame" if cfg.prompt_variant == "frame" else "event"
+        self.missing_prompts = 0
+        for i, s in enumerate(samples):
+            ids = index["samples"][s.id][key]
+            self.choice_ids[i, : len(ids)] = torch.tensor(ids)
+            self.choice_mask[i, : len(ids)] = True
+            if prompts is not None:
+                source = random_map[s.video_id] if cfg.prompt_variant == "random" else s.video_id
+                if source in prompts:
+                    self.prompt_ids[i] = torch.tensor(prompts[source][kind])
+                else:
+                    self.missing_prompts += 1
+        self.teacher_logits = torch.zeros(n, c)
+        self.teacher_valid = torch.zeros(n, dtype=torch.bool)
+        self.teacher_hidden = None
+        if teacher is not None:
+            hidden = []
+            for i, s in enumerate(samples):
+                row = teacher.get(s.id)
+                if row is not None and row.get("choice_logits") is not None:
+                    logits = row["choice_logits"]
+                    self.teacher_logits[i, : len(logits)] = torch.tensor(logits)
+                    self.teacher_valid[i] = True
+                hidden.append(decode_array(row["hidden"]).astype(np.float32) if row and row.get("hidden") else None)
+            width = next((h.shape[-1] for h in hidden if h is not None), 0)
+            if width:
+                self.teacher_hidden = torch.stack([torch.from_numpy(h) if h is not None else torch.zeros(width) for h in hidden])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class FeatureBatcher:
+    """Turns a batch of row indices into the student's inputs, from the cache or the live backbone."""
+
+    def __init__(self, features: CachedFeatures, backbone=None, frame_store=None):
+        self.features = features
+        self.tokens = features.text_tokens.float()
+        lengths = features.text_lengths
+        self.pad = torch.arange(self.tokens.shape[1])[None] >= lengths[:, None]
+        self.pooled = features.text_pooled.float()
+        self.backbone, self.frame_store = backbone, frame_store
+
+    def visual(self, split: SplitTensors, rows: torch.Tensor):
+        if self.backbone is None:
+            vrow = split.video_row[rows]
+            return self.features.cls[vrow].float(), self.features.patches[vrow].float()
+        frames = np.concatenate([self.frame_store.load(split.video_ids[int(r)]) for r in rows])
+        cls, patches = self.backbone.frame_features(frames)
+        b, t = len(rows), self.features.num_frames
+        return cls.float().reshape(b, t, -1).cpu(), patches.float().reshape(b, t, patches.shape[1], -1).cpu()
+
+    def __call__(self, split: SplitTensors, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        cls, patches = self.visual(split, rows)
+        prompt_ids = split.prompt_ids[rows]
+        has_prompt = prompt_ids >= 0
+        safe = prompt_ids.clamp(min=0)
+        batch = {
+            "cls": cls,
+            "patches": patches,
+            "prompt_tokens": self.tokens[safe],
+            "prompt_pad": self.pad[safe],
+            "has_prompt": has_prompt,
+            "choices": self.pooled[split.choice_ids[rows]],
+            "choice_mask": split.choice_mask[rows],
+            "question": self.pooled[split.question_ids[rows]],
+            "labels": split.labels[rows],
+            "teacher_logits": split.teacher_logits[rows],
+            "teacher_valid": split.teacher_valid[rows],
+        }
+        if split.teacher_hidden is not None:
+            batch["teacher_hidden"] = split.teacher_hidden[rows]
+        return batch
+
+
+class StudentWithLoss(nn.Module):
+    """One module for DDP: the student and the (possibly trainable) distillation projection."""
+
+    def __init__(self, student: CaTeRStudent, loss: DistillationLoss):
+        super().__init__()
+        self.student, self.loss = student, loss
+
+    def forward(self, batch):
+        logits, video = self.student(
+            batch["cls"], batch["patches"], batch["prompt_tokens"], batch["prompt_pad"], batch["has_prompt"],
+            batch["choices"], batch["choice_mask"], batch["question"],
+        )
+        return self.loss(logits, batch["labels"], batch["choice_mask"], batch["teacher_logits"], batch["teacher_valid"],
+                         video, batch.get("teacher_hidden"))
+
+
+def build_student(cfg: TrainConfig, features: CachedFeatures) -> CaTeRStudent:
+    student_cfg = StudentConfig(embed_dim=features.embed_dim, num_frames=features.num_frames, **cfg.student)
+    return CaTeRStudent(student_cfg)
+
+
+@torch.no_grad()
+def predict(student: CaTeRStudent, batcher: FeatureBatcher, split: SplitTensors, batch_size: int = 256) -> torch.Tensor:
+    student.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(split)))
+        b = batcher(split, rows)
+        device = next(student.parameters()).device
+        b = {k: v.to(device) for k, v in b.items()}
+        logits, _ = student(b["cls"], b["patches"], b["prompt_tokens"], b["prompt_pad"], b["has_prompt"], b["choices"], b["choice_mask"], b["question"])
+        out.append(logits.cpu())
+    return torch.cat(out)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    labelled = labels >= 0
+    return float((logits.argmax(1)[labelled] == labels[labelled]).float().mean()) if labelled.any() else float("nan")
+
+
+def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, batcher: FeatureBatcher,
+          features: CachedFeatures, log: Callable[[int, dict[str, float]], None] | None = None,
+          accelerator=None) -> dict[str, Any]:
+    """Train; select the epoch with the best validation accuracy. Returns the checkpoint dict."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    seed_everything(cfg.seed)
+    accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    student = build_student(cfg, features)
+    teacher_dim = train_split.teacher_hidden.shape[-1] if train_split.teacher_hidden is not None else 0
+    loss = DistillationLoss(cfg.distill, features.embed_dim, teacher_dim)
+    module = StudentWithLoss(student, loss)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(list(range(len(train_split))), batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                        collate_fn=lambda rows: batcher(train_split, torch.tensor(rows)))
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    best = {"val_accuracy": -1.0}
+    for epoch in range(cfg.epochs):
+        module.train()
+        totals: dict[str, float] = {}
+        steps = 0
+        for batch in loader:
+            total, parts = module(batch)
+            optimizer.zero_grad()
+            accelerator.backward(total)
+            optimizer.step()
+            for k, v in {"total": float(total.detach()), **parts}.items():
+                totals[k] = totals.get(k, 0.0) + v
+            steps += 1
+        unwrapped = accelerator.unwrap_model(module).student
+        val_logits = predict(unwrapped, batcher, val_split)
+        metrics = {f"loss/{k}": v / max(steps, 1) for k, v in sorted(totals.items())}
+        metrics["val/accuracy"] = accuracy(val_logits, val_split.labels)
+        if log is not None and accelerator.is_main_process:
+            log(epoch, metrics)
+        if metrics["val/accuracy"] > best["val_accuracy"]:
+            best = {
+                "val_accuracy": metrics["val/accuracy"],
+                "epoch": epoch,
+                "model": {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()},
+            }
+    return {
+        "model": best["model"],
+        "best_epoch": best["epoch"],
+        "val_accuracy": best["val_accuracy"],
+        "student_config": build_student(cfg, features).config.to_dict(),
+        "train_config": {**asdict(cfg), "distill": asdict(cfg.distill)},
+    }
+
+
+def load_student(checkpoint_path: str | Path) -> tuple[CaTeRStudent, dict]:
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    student = CaTeRStudent(StudentConfig(**checkpoint["student_config"]))
+    student.load_state_dict(checkpoint["model"])
+    return student.eval(), checkpoint

@@ -8,7 +8,7 @@ Faults, to exercise the client's retries and the backend's error handling:
 - `server.queue_faults(["429", "500", ...])`: the next requests, in arrival order, get these;
 - `server.rules.append((substring, fault))`: every request whose body contains `substring` gets
   `fault` (a persistent failure, e.g. for one video's question).
-Fault kinds: "429" (with retry-after), "500", "timeout" (sleeps `timeout_sleep` s before answering),
+Fault kinds: "401" (echoes the key it got, as some servers do), "429" (with retry-after), "500", "timeout" (sleeps `timeout_sleep` s before answering),
 "malformed" (200 with a truncated JSON body), "schema" (valid JSON, output without "frames"),
 "count" (one frame sentence too few), "notjson" (output text that is not JSON).
 `latency` adds a delay to every request; `max_in_flight` is the most requests served at once.
@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-FAULTS = ("429", "500", "timeout", "malformed", "schema", "count", "notjson")
+FAULTS = ("401", "429", "500", "timeout", "malformed", "schema", "count", "notjson")
 
 
 def _images(body: dict) -> list[str]:
@@ -146,7 +146,11 @@ class FakeOpenAIServer:
                     server.requests.append({"path": self.path, "authorization": self.headers.get("authorization"),
                                             "body": body, "images": images, "fault": fault})
                 time.sleep(server.latency)
-                if fault == "429":
+                if fault == "401":
+                    token = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+                    error = {"error": {"message": f"Incorrect API key provided: {token}.", "code": "invalid_api_key"}}
+                    self._send(401, json.dumps(error).encode())
+                elif fault == "429":
                     error = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
                     self._send(429, json.dumps(error).encode(), {"retry-after": "0.05"})
                 elif fault == "500":

@@ -87,8 +87,8 @@ def test_client_retries_recover_from_429_500_and_timeout(server, tmp_path):
 
 
 @pytest.mark.parametrize("fault,reason", [
-    ("500", "HTTP 500 InternalServerError after 2 retries"),
-    ("429", "HTTP 429 RateLimitError after 2 retries"),
+    ("500", "HTTP 500 InternalServerError (max_retries 2)"),
+    ("429", "HTTP 429 RateLimitError (max_retries 2)"),
     ("timeout", "timed out"),
     ("malformed", "malformed response body (JSONDecodeError"),
     ("schema", "violates the schema"),
@@ -184,3 +184,14 @@ def test_estimate_mentions_requests_images_and_price(server, tmp_path):
     line = backend(server, tmp_path, usd_per_1m_input_tokens=0.15, usd_per_1m_output_tokens=0.6).estimate(requests_for(3))
     assert "up to 3 request(s)" in line and "12 image(s)" in line and "$" in line
     assert not server.requests
+
+
+def test_keys_are_redacted_from_error_reasons(server, tmp_path):
+    from cater.prompts.openai_backend import _redact
+
+    assert _redact("Incorrect API key provided: sk-proj-****************abcd.", "unrelated") == \
+        "Incorrect API key provided: sk-<redacted>."
+    server.rules.append(("clip 0?", "401"))
+    [failed] = backend(server, tmp_path).generate(requests_for(1))
+    assert "HTTP 401 AuthenticationError" in str(failed) and KEY not in str(failed)
+    assert len(server.requests) == 1  # 401 is not retried

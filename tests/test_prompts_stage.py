@@ -69,6 +69,14 @@ def test_openai_stage_output_rerun_and_cache(server, tmp_path, monkeypatch, capf
     assert run_stage(tmp_path, monkeypatch) == 0
     assert len(server.requests) == 5 and out.read_bytes() == first_output
 
+    # a server that quotes the key back in an error: the failure reason does not keep it
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    shutil.rmtree(tmp_path / "data/.cache/prompts/gpt")
+    server.rules.append(("about video000?", "401"))
+    assert run_stage(tmp_path, monkeypatch) == 1
+    [failure] = read_jsonl(tmp_path / "data/prompts/gpt.failures.jsonl")
+    assert "HTTP 401 AuthenticationError" in failure["error"] and "Incorrect API key provided: <redacted>." in failure["error"]
+
     # the key is in no file and in no printed line
     printed = capfd.readouterr()
     assert "request(s) to gpt-4o-mini" in printed.out  # the cost estimate came before the requests
@@ -84,7 +92,7 @@ def test_failures_are_reported_and_retried_on_the_next_run(server, tmp_path, mon
     assert run_stage(tmp_path, monkeypatch) == 1  # max_failures 0
     failures = read_jsonl(tmp_path / "data/prompts/gpt.failures.jsonl")
     assert [f["video_id"] for f in failures] == ["video002"]
-    assert "HTTP 500 InternalServerError after 1 retries" in failures[0]["error"]
+    assert "HTTP 500 InternalServerError (max_retries 1)" in failures[0]["error"]
     assert not (tmp_path / "data/prompts/gpt.jsonl").exists()  # no output that looks complete
     assert "1 video(s) without prompts" in capfd.readouterr().err
 

@@ -51,6 +51,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -279,7 +280,7 @@ class OpenAIBackend(PromptBackend):
 
         with self._count_lock:
             self.requests_sent += 1
-        tries = f"after {self.max_retries} retries"
+        tries = f"(max_retries {self.max_retries})"
         try:
             if self.api == "responses":
                 response = client.responses.create(**body)
@@ -290,8 +291,9 @@ class OpenAIBackend(PromptBackend):
             raise PromptError(f"request timed out ({self.timeout:g} s) {tries}") from None
         except openai.APIConnectionError as exc:
             raise PromptError(f"cannot connect to {client.base_url} {tries} ({type(exc).__name__})") from None
-        except openai.APIStatusError as exc:
-            raise PromptError(f"HTTP {exc.status_code} {type(exc).__name__} {tries}: {_short(exc.message)}") from None
+        except openai.APIStatusError as exc:  # servers may quote the key back: never keep it
+            message = _redact(exc.message, client.api_key)
+            raise PromptError(f"HTTP {exc.status_code} {type(exc).__name__} {tries}: {_short(message)}") from None
         except openai.APIResponseValidationError as exc:
             raise PromptError(f"response body does not match the API ({_short(exc.message)})") from None
         except json.JSONDecodeError as exc:
@@ -376,6 +378,12 @@ def _usage(response) -> dict | None:
     if usage is None or not hasattr(usage, "model_dump"):
         return None
     return usage.model_dump(mode="json")
+
+
+def _redact(text: Any, key: str) -> str:
+    """`text` without the key and without anything shaped like an OpenAI key."""
+    text = str(text).replace(key, "<redacted>") if key else str(text)
+    return re.sub(r"sk-[A-Za-z0-9_*\-]{4,}", "sk-<redacted>", text)
 
 
 def _short(text: Any, limit: int = 200) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cater.teachers import videollava
 from cater.teachers.base import LETTERS, TeacherConfig, TeacherError, TeacherInput
@@ -120,7 +121,7 @@ def test_num_frames_subsamples_uniformly(tiny_path):
 
 def test_non_finite_logits_give_a_missing_output_not_a_guess(tiny_path):
     broken = VideoLlavaTeacher(TeacherConfig(family="videollava", model=str(tiny_path)))
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         broken.model.lm_head.weight[broken.letter_ids[1]] = float("nan")
     out = broken.score(make_items(2))
     assert all(o.choice_logits is None and o.hard_idx is None and o.hidden is None for o in out)
@@ -189,7 +190,7 @@ def test_bad_dtype_and_unknown_option(tiny_path):
         VideoLlavaTeacher(TeacherConfig(family="videollava", model=str(tiny_path), extra={"tempreature": 1}))
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA message")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_requested_without_cuda(tiny_path):
     with pytest.raises(TeacherError, match="CUDA is not available"):
         VideoLlavaTeacher(TeacherConfig(family="videollava", model=str(tiny_path), device="cuda"))

@@ -1,8 +1,110 @@
-"""The allowed shape of params.yaml. Sections register their keys here; validation is strict."""
+"""The allowed shape of params.yaml: unknown keys and values of the wrong type are errors.
+
+Each section maps a key to its type (or a nested mapping). `ANY_MAPPING` marks free-form named
+entries (prompt generators, teacher models, dataset-adapter options) that their own builders check.
+"""
 from __future__ import annotations
 
 from typing import Any
 
+from cater.config import ConfigError
 
-def validate(params: dict[str, Any], source: str) -> None:  # filled in as stages land
-    return None
+NUM = (int, float)
+OPT_INT = (int, type(None))
+OPT_STR = (str, type(None))
+ANY_MAPPING = "any-mapping"
+
+SCHEMA: dict[str, Any] = {
+    "dataset": {
+        "name": str,
+        "seed": int,
+        "shapes": {"videos": ANY_MAPPING, "size": int, "fps": int, "seconds": NUM, "min_objects": int, "max_objects": int},
+        # official-dataset adapters (see src/cater/data/adapters.py)
+        "annotations": OPT_STR,
+        "videos": (str, list, type(None)),
+        "splits": (list, dict, type(None)),
+        "check_videos": bool,
+        "num_choices": int,
+        "use_ts": bool,
+        "subtitles": OPT_STR,
+        "frames_dir": OPT_STR,
+        "video_mapping": OPT_STR,
+    },
+    "frames": {"num_frames": int, "size": int, "workers": int, "skip_bad": bool},
+    "splits": {"train_n": OPT_INT, "val_n": OPT_INT, "test_n": OPT_INT, "seed": int},
+    "prompts": {"batch_size": int, "max_failures": int, "generators": ANY_MAPPING},
+    "teacher": {"batch_size": int, "models": ANY_MAPPING},
+    "features": {"backbone": str, "pretrained": OPT_STR, "seed": int, "device": str, "batch_size": int, "text_chunk": int},
+    "train": {
+        "prompt_variant": str,
+        "prompt_generator": str,
+        "teacher": str,
+        "distill": {"mode": str, "temperature": NUM, "label_weight": NUM, "hard_weight": NUM, "soft_weight": NUM, "align_weight": NUM},
+        "student": {
+            "heads": int, "cross_layers": int, "temporal_layers": int, "dropout": NUM, "frame_pool": str,
+            "question_conditioning": bool, "text_head": bool, "logit_scale_init": NUM,
+        },
+        "choice_text": str,
+        "epochs": int,
+        "batch_size": int,
+        "lr": NUM,
+        "weight_decay": NUM,
+        "seed": int,
+        "backbone_on_the_fly": bool,
+        "mixed_precision": str,
+    },
+    "ablation": ANY_MAPPING,
+}
+REQUIRED_SECTIONS = ("dataset", "frames", "splits", "prompts", "teacher", "features", "train")
+CHOICES = {
+    ("train", "prompt_variant"): ("none", "random", "frame", "event"),
+    ("train", "distill", "mode"): ("none", "hard", "soft", "hybrid"),
+    ("train", "choice_text"): ("qa", "answer"),
+    ("train", "student", "frame_pool"): ("cls", "mean", "attention"),
+    ("train", "mixed_precision"): ("no", "fp16", "bf16"),
+}
+
+
+def _type_name(typ) -> str:
+    if isinstance(typ, tuple):
+        return " or ".join("null" if t is type(None) else t.__name__ for t in typ)
+    return typ.__name__
+
+
+def _check(value: Any, spec: Any, path: tuple[str, ...], source: str) -> None:
+    where = f"{source}: {'.'.join(path)}"
+    if spec == ANY_MAPPING:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping")
+        return
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping")
+        for key, sub in value.items():
+            if key not in spec:
+                raise ConfigError(f"{where}.{key}: unknown key (allowed: {', '.join(sorted(spec))})")
+            _check(sub, spec[key], path + (key,), source)
+        return
+    if isinstance(value, bool) and spec is not bool and not (isinstance(spec, tuple) and bool in spec):
+        raise ConfigError(f"{where} is {value!r}, expected {_type_name(spec)}")
+    if not isinstance(value, spec):
+        raise ConfigError(f"{where} is {value!r} ({type(value).__name__}), expected {_type_name(spec)}")
+    allowed = CHOICES.get(path)
+    if allowed and value not in allowed:
+        raise ConfigError(f"{where} is {value!r}, expected one of {', '.join(allowed)}")
+
+
+def validate(params: dict[str, Any], source: str = "params.yaml") -> None:
+    for section in params:
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section {section!r} (allowed: {', '.join(SCHEMA)})")
+    for section, spec in SCHEMA.items():
+        if section in params:
+            _check(params[section], spec, (section,), source)
+    train = params.get("train", {})
+    prompts = params.get("prompts", {}).get("generators", {})
+    if train.get("prompt_generator") and prompts and train["prompt_generator"] not in prompts:
+        raise ConfigError(f"{source}: train.prompt_generator {train['prompt_generator']!r} is not in prompts.generators ({', '.join(prompts)})")
+    teachers = params.get("teacher", {}).get("models", {})
+    if train.get("teacher") and teachers and train["teacher"] not in teachers:
+        raise ConfigError(f"{source}: train.teacher {train['teacher']!r} is not in teacher.models ({', '.join(teachers)})")

@@ -68,7 +68,7 @@ def derangement(items: list[str], seed: int) -> dict[str, str]:
 def load_teacher_outputs(path: Path) -> dict[str, dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: teacher outputs missing (run or pull the teacher stage)")
-    return {row["id"]: row for row in read_jsonl(path)}
+    return {row["key"]: row for row in read_jsonl(path)}
 
 
 class SplitTensors:

@@ -24,7 +24,7 @@ from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, Sample, SchemaError, read_samples
 from cater.io import atomic_write_json, write_jsonl
 from cater.teachers.base import TeacherConfig, TeacherError
-from cater.teachers.runner import check_samples, score_samples
+from cater.teachers.runner import barrier, check_samples, score_samples
 
 SPLITS_DIR = Path("data/splits")
 FRAMES_DIR = Path("data/frames")
@@ -162,7 +162,7 @@ def run(name: str, params_path: str, progress: bool = True) -> None:
         write_jsonl(out_dir / "outputs.jsonl", rows)
         atomic_write_json(out_dir / "summary.json", summarize(name, config, splits, rows))
     if accelerator is not None:
-        accelerator.wait_for_everyone()
+        barrier(accelerator)
         accelerator.end_training()
 
 

@@ -16,6 +16,7 @@ FAMILIES: dict[str, str] = {
 TINY_MODELS: tuple[tuple[str, str | None, str], ...] = (
     ("videollava", None, "videollava"),
     ("flamingo", "idefics", "idefics"),
+    ("flamingo", "openflamingo", "openflamingo"),
     ("chatunivi", None, "chatunivi"),
 )
 

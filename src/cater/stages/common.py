@@ -10,14 +10,15 @@ from cater.config import load_params
 
 def stage_main(description: str, run: Callable[[dict[str, Any], argparse.Namespace], None],
                add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-               argv: list[str] | None = None) -> int:
+               argv: list[str] | None = None, sections: tuple[str, ...] | None = None) -> int:
+    """Parse arguments, load params (requiring `sections`, default all), run; errors exit 1 with one clear line."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, required=sections)
         run(params, args)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -66,7 +66,7 @@ def format_metrics(metrics: dict) -> str:
 def main(argv=None) -> int:
     from cater.stages.common import stage_main
 
-    return stage_main(__doc__, run, argv=argv)
+    return stage_main(__doc__, run, argv=argv, sections=('train', 'teacher', 'prompts'))
 
 
 if __name__ == "__main__":

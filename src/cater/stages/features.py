@@ -134,7 +134,7 @@ def _assemble(cache, video_ids, chunks, strings, per_sample, prompts, spec, num_
 def main(argv=None) -> int:
     from cater.stages.common import stage_main
 
-    return stage_main(__doc__, run, argv=argv)
+    return stage_main(__doc__, run, argv=argv, sections=('frames', 'features'))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,15 @@ OUT = Path("data/frames")
 CACHE = Path("data/.cache/frames")
 
 
+def source_fingerprint(path: str, start, end) -> str:
+    """Identifies the decoded input cheaply: path, window, size and modification time."""
+    try:
+        stat = Path(path).stat()
+        return f"{path}|{start}|{end}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:
+        return f"{path}|{start}|{end}|missing"
+
+
 def _decode_one(job: tuple[str, str, int, int, float | None, float | None, str]) -> tuple[str, list[float] | None, str | None]:
     """Runs in a worker process: the decord reader is created here, never in the parent."""
     video_id, path, num_frames, size, start, end, target = job
@@ -46,11 +55,13 @@ def run(params, args) -> None:
     cache = CACHE / stable_hash({k: cfg[k] for k in ("num_frames", "size")})
     cache.mkdir(parents=True, exist_ok=True)
     times_path = cache / "times.json"
-    done: dict[str, list[float]] = json.loads(times_path.read_text()) if times_path.exists() else {}
+    # finished videos: {video_id: {"times": [...], "source": fingerprint}}; a changed file is decoded again
+    done: dict[str, dict] = json.loads(times_path.read_text()) if times_path.exists() else {}
+    sources = {vid: source_fingerprint(path, start, end) for vid, (path, start, end) in videos.items()}
     jobs = [
         (vid, path, cfg["num_frames"], cfg["size"], start, end, str(cache / f"{safe_name(vid)}.npy"))
         for vid, (path, start, end) in sorted(videos.items())
-        if not (vid in done and (cache / f"{safe_name(vid)}.npy").exists())
+        if not (done.get(vid, {}).get("source") == sources[vid] and (cache / f"{safe_name(vid)}.npy").exists())
     ]
     bad: dict[str, str] = {}
     if jobs:
@@ -59,8 +70,9 @@ def run(params, args) -> None:
             for i, (vid, times, error) in enumerate(tqdm(results, total=len(jobs), desc="frames", unit="video")):
                 if error:
                     bad[vid] = error
+                    done.pop(vid, None)
                 else:
-                    done[vid] = times
+                    done[vid] = {"times": times, "source": sources[vid]}
                 if i % 64 == 0:
                     atomic_write_json(times_path, done)
         atomic_write_json(times_path, done)
@@ -75,7 +87,7 @@ def run(params, args) -> None:
                 "Fix or remove them, or set frames.skip_bad: true to drop those samples."
             )
         print(f"frames: skipping {len(bad)} bad video(s), {affected} samples dropped (frames.skip_bad), see {report}")
-    _assemble({vid: done[vid] for vid in videos if vid in done}, cache, cfg, bad)
+    _assemble({vid: done[vid]["times"] for vid in videos if vid in done and vid not in bad}, cache, cfg, bad)
 
 
 def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str]) -> None:
@@ -97,7 +109,7 @@ def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str
 def main(argv=None) -> int:
     from cater.stages.common import stage_main
 
-    return stage_main(__doc__, run, argv=argv)
+    return stage_main(__doc__, run, argv=argv, sections=('frames',))
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def run(params, args) -> None:
 def main(argv=None) -> int:
     from cater.stages.common import stage_main
 
-    return stage_main(__doc__, run, lambda p: p.add_argument("--generator", required=True), argv=argv)
+    return stage_main(__doc__, run, lambda p: p.add_argument("--generator", required=True), argv=argv, sections=("frames", "prompts"))
 
 
 if __name__ == "__main__":

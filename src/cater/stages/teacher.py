@@ -138,7 +138,7 @@ def summarize(name: str, config: TeacherConfig, splits: dict[str, list[Sample]],
 def run(name: str, params_path: str, progress: bool = True) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"teacher name {name!r}: use letters, digits, '_', '.', '-' only")
-    config = teacher_config(name, load_params(params_path), params_path)
+    config = teacher_config(name, load_params(params_path, required=("teacher",)), params_path)
     splits = read_splits()
     frame_store = FrameStore(FRAMES_DIR)
     for split, samples in splits.items():

@@ -74,7 +74,7 @@ def run(params, args) -> None:
 def main(argv=None) -> int:
     from cater.stages.common import stage_main
 
-    return stage_main(__doc__, run, argv=argv)
+    return stage_main(__doc__, run, argv=argv, sections=('train', 'teacher', 'prompts'))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ type, each with 5 options; answering needs the video's content and its temporal 
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def write_video(path: Path, events: list[dict], cfg: ShapesConfig) -> None:
     """Encode with libx264 on one thread so the bytes are identical on every run."""
     import av
 
+    torch = sys.modules.get("torch")
+    if torch is not None:  # torch's CPU kernels can leave flush-to-zero on; x264's float decisions then change
+        torch.set_flush_denormal(False)
     n_frames = int(round(cfg.seconds * cfg.fps))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.mp4")

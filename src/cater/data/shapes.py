@@ -12,7 +12,6 @@ type, each with 5 options; answering needs the video's content and its temporal 
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,12 +105,13 @@ def render_frame(events: list[dict], t: float, cfg: ShapesConfig) -> np.ndarray:
 
 
 def write_video(path: Path, events: list[dict], cfg: ShapesConfig) -> None:
-    """Encode with libx264 on one thread so the bytes are identical on every run."""
+    """Encode with libx264, one thread, constant QP, so the bytes are identical on every run.
+
+    Constant QP, not CRF: CRF's floating-point rate control gave different bytes once torch's CPU
+    kernels had run in the same process.
+    """
     import av
 
-    torch = sys.modules.get("torch")
-    if torch is not None:  # torch's CPU kernels can leave flush-to-zero on; x264's float decisions then change
-        torch.set_flush_denormal(False)
     n_frames = int(round(cfg.seconds * cfg.fps))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.mp4")
@@ -119,7 +119,7 @@ def write_video(path: Path, events: list[dict], cfg: ShapesConfig) -> None:
         stream = container.add_stream("libx264", rate=cfg.fps)
         stream.width = stream.height = cfg.size
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.options = {"crf": "18", "preset": "veryfast", "threads": "1", "flags": "+bitexact"}
+        stream.codec_context.options = {"qp": "18", "preset": "veryfast", "threads": "1", "flags": "+bitexact"}
         stream.codec_context.thread_count = 1
         for i in range(n_frames):
             image = render_frame(events, (i + 0.5) / cfg.fps, cfg)

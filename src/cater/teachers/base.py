@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 LETTERS = ("A", "B", "C", "D", "E")
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class TeacherError(RuntimeError):
@@ -84,3 +85,25 @@ class Teacher(ABC):
 def options_block(choices: list[str]) -> str:
     """The choices as lettered lines: 'A. red circle\\nB. ...'."""
     return "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
+
+
+def resolve_device(device: str):
+    """'auto' -> cuda when available, else cpu; an unavailable cuda device is an error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TeacherError(f"device {device!r} requested, but CUDA is not available on this machine")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise TeacherError(f"device {device!r} is not a valid torch device (use auto, cpu, cuda or cuda:N)") from None
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise TeacherError(f"dtype {name!r} is not supported (use one of {sorted(DTYPES)})")
+    return getattr(torch, DTYPES[name])

@@ -40,14 +40,15 @@ from typing import Any
 import numpy as np
 
 from cater.data.frames import uniform_indices
-from cater.teachers.base import LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block
+from cater.teachers.base import (
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block, resolve_device, resolve_dtype,
+)
 
 BACKENDS = ("idefics", "openflamingo")
 DEFAULT_BACKEND = "idefics"
 KNOWN_EXTRA = {"backend", "instruction"}
 INSTRUCTION = "Answer with the option's letter."
 ANSWER_CUE = "Answer:"
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 IDEFICS_MODEL_TYPE = "idefics"
 IDEFICS_END_OF_UTTERANCE = "<end_of_utterance>"
@@ -60,28 +61,6 @@ LOCAL_DIR = "local-dir:"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _resolve_device(device: str):
-    """'auto' -> cuda when available, else cpu; an unavailable cuda device is an error."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TeacherError(f"device {device!r} requested, but CUDA is not available on this machine")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise TeacherError(f"device {device!r} is not a valid torch device (use auto, cpu, cuda or cuda:N)") from None
-
-
-def _resolve_dtype(name: str):
-    import torch
-
-    if name not in DTYPES:
-        raise TeacherError(f"dtype {name!r} is not supported (use one of {sorted(DTYPES)})")
-    return getattr(torch, DTYPES[name])
 
 
 def _to_pil(frames: np.ndarray) -> list:
@@ -364,8 +343,8 @@ class FlamingoTeacher(Teacher):
         if config.quantization is not None:
             raise TeacherError(f"teacher {config.model}: the flamingo teacher does not support quantization "
                                f"({config.quantization!r}); use dtype fp16/bf16")
-        device = _resolve_device(config.device)
-        dtype = _resolve_dtype(config.dtype)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype)
         backend_class = IdeficsBackend if self.backend_name == "idefics" else OpenFlamingoBackend
         self.backend = backend_class(config, device, dtype)
         self.instruction = config.extra.get("instruction", INSTRUCTION)

@@ -22,33 +22,16 @@ import numpy as np
 import torch
 
 from cater.data.frames import uniform_indices
-from cater.teachers.base import LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block
+from cater.teachers.base import (
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block, resolve_device, resolve_dtype,
+)
 
 MODEL_TYPE = "video_llava"
 INSTRUCTION = "Answer with the option's letter."
 KNOWN_EXTRA = {"revision", "attn_implementation", "instruction"}
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 # ----------------------------------------------------------------------------------------------- loading
-
-
-def resolve_device(device: str):
-    """'auto' -> cuda when available, else cpu; an unavailable cuda device is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TeacherError(f"device {device!r} requested, but CUDA is not available on this machine")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise TeacherError(f"device {device!r} is not a valid torch device (use auto, cpu, cuda or cuda:N)") from None
-
-
-def resolve_dtype(name: str):
-    if name not in DTYPES:
-        raise TeacherError(f"dtype {name!r} is not supported (use one of {sorted(DTYPES)})")
-    return getattr(torch, DTYPES[name])
 
 
 def read_checkpoint_config(model: str, revision: str | None = None) -> dict[str, Any]:

@@ -683,7 +683,7 @@ class ChatUniViTeacher(Teacher):
 # --------------------------------------------------------------------------------------------
 
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, vocab_size=320, max_position_embeddings=4096, rms_norm_eps=1e-5)
-TINY_CLIP = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=2, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=64)
+TINY_CLIP = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=4, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=64)
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cater.io import stable_hash
+
 
 class BadVideoError(RuntimeError):
     """A video could not be decoded; the message names the file and the reason."""
@@ -138,3 +140,8 @@ class FrameStore:
 
     def times(self, video_id: str) -> list[float]:
         return self.index[video_id]["times"]
+
+    def digest(self, video_id: str) -> str:
+        """A content hash of the stored frames: caches downstream key on it, not on the id alone."""
+        entry = self.index[video_id]
+        return entry.get("digest") or stable_hash([entry["file"], entry["times"]])

@@ -31,6 +31,7 @@ def run(params, args) -> None:
 
         if name not in ADAPTERS:
             raise ValueError(f"params.yaml: dataset.name {name!r} is unknown; choose shapes or one of {sorted(ADAPTERS)}")
+        cfg.pop("shapes", None)  # the demo generator's block may stay in params.yaml
         samples = ADAPTERS[name]({**cfg, "name": name})
         atomic_write_text(VIDEOS / "SOURCE.txt", f"{name}: videos are read in place from the paths in data/samples.jsonl\n")
     write_samples(SAMPLES, samples)

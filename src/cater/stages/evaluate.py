@@ -39,27 +39,34 @@ def run(params, args) -> None:
     for name in ("val", "test"):
         split = tensors[name]
         logits = predict(student, batcher, split)
-        labelled = int((split.labels >= 0).sum())
-        metrics[name] = {"accuracy": round(accuracy(logits, split.labels), 4), "n": labelled, "per_type": per_type(logits, split)}
+        labelled = split.labels >= 0
+        acc = round(accuracy(logits, split.labels), 4) if labelled.any() else None  # e.g. TVQA test_public
+        metrics[name] = {"accuracy": acc, "n": int(labelled.sum()), "per_type": per_type(logits, split)}
         if name == "test":
             test_logits, test_split = logits, split
-    chance = sum(1 / int(m.sum()) for m in test_split.choice_mask) / len(test_split)
-    metrics["test"]["chance"] = round(chance, 4)
-    atomic_write_json(METRICS, metrics)
+    labelled_masks = [m for m, y in zip(test_split.choice_mask, test_split.labels) if y >= 0]
+    metrics["test"]["chance"] = round(sum(1 / int(m.sum()) for m in labelled_masks) / len(labelled_masks), 4) if labelled_masks else None
     PLOTS.mkdir(exist_ok=True)
     _write_csv(PLOTS / "per_type_accuracy.csv", ["question_type", "accuracy", "n"],
                [[t, v["accuracy"], v["n"]] for t, v in metrics["test"]["per_type"].items()])
     chosen = test_logits.argmax(1)
     _write_csv(PLOTS / "confusion.csv", ["actual", "predicted"],
                [[LETTERS[int(y)], LETTERS[int(p)]] for y, p in zip(test_split.labels, chosen) if y >= 0])
+    atomic_write_json(METRICS, metrics)  # last, so a failure above leaves no metrics that look valid
     print(format_metrics(metrics))
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def format_metrics(metrics: dict) -> str:
     test = metrics["test"]
-    lines = [f"test accuracy {test['accuracy']:.3f} on {test['n']} samples (chance {test['chance']:.3f})"]
+    lines = [f"test accuracy {_fmt(test['accuracy'])} on {test['n']} labelled samples (chance {_fmt(test['chance'])})"]
     for qtype, v in test["per_type"].items():
-        lines.append(f"  {qtype:<12} {v['accuracy']:.3f}  (n={v['n']})")
+        lines.append(f"  {qtype:<12} {_fmt(v['accuracy'])}  (n={v['n']})")
+    if test["accuracy"] is None:
+        lines.append(f"  the test split has no labels; validation accuracy {_fmt(metrics['val']['accuracy'])}")
     return "\n".join(lines)
 
 

@@ -75,7 +75,8 @@ def run(params, args) -> None:
     (cache / "text").mkdir(parents=True, exist_ok=True)
 
     video_ids = sorted({s.video_id for s in samples})
-    todo = [v for v in video_ids if not (cache / "video" / f"{safe_name(v)}.npy").exists()]
+    cached = {v: cache / "video" / f"{safe_name(v)}-{frames.digest(v)}.npy" for v in video_ids}
+    todo = [v for v in video_ids if not cached[v].exists()]
     per_batch = max(1, cfg["batch_size"] // num_frames)
     for start in tqdm(range(0, len(todo), per_batch), desc="features[video]", unit="batch"):
         batch = todo[start : start + per_batch]
@@ -83,7 +84,7 @@ def run(params, args) -> None:
         cls, patches = backbone.frame_features(images)
         tokens = torch.cat([cls[:, None], patches], dim=1).half().cpu().numpy()  # [B*T, 1+P, D]
         for i, vid in enumerate(batch):
-            _save_npy(cache / "video" / f"{safe_name(vid)}.npy", tokens[i * num_frames : (i + 1) * num_frames])
+            _save_npy(cached[vid], tokens[i * num_frames : (i + 1) * num_frames])
 
     chunk = cfg["text_chunk"]
     chunks = []
@@ -96,11 +97,11 @@ def run(params, args) -> None:
                 with open(tmp, "wb") as handle:
                     np.savez(handle, pooled=pooled.half().cpu().numpy(), tokens=tokens.half().cpu().numpy(), lengths=lengths.cpu().numpy())
         chunks.append(path)
-    _assemble(cache, video_ids, chunks, strings, per_sample, prompts, spec, num_frames)
+    _assemble(cached, video_ids, chunks, strings, per_sample, prompts, spec, num_frames)
 
 
-def _assemble(cache, video_ids, chunks, strings, per_sample, prompts, spec, num_frames) -> None:
-    video = np.stack([np.load(cache / "video" / f"{safe_name(v)}.npy") for v in video_ids])  # [V, T, 1+P, D]
+def _assemble(cached, video_ids, chunks, strings, per_sample, prompts, spec, num_frames) -> None:
+    video = np.stack([np.load(cached[v]) for v in video_ids])  # [V, T, 1+P, D]
     loaded = [np.load(p) for p in chunks]
     max_len = int(max(c["lengths"].max() for c in loaded))
     tmp = OUT.with_name(OUT.name + ".tmp")

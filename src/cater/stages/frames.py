@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cater.data.frames import BadVideoError, decode_video, safe_name
 from cater.data.schema import read_samples
-from cater.io import atomic_path, atomic_write_json, stable_hash
+from cater.io import atomic_path, atomic_write_json, file_digest, stable_hash
 
 SAMPLES = Path("data/samples.jsonl")
 OUT = Path("data/frames")
@@ -98,7 +98,7 @@ def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str
     for vid in sorted(done):
         name = f"{safe_name(vid)}.npy"
         shutil.copyfile(cache / name, tmp / name)
-        index[vid] = {"file": name, "times": done[vid], "num_frames": cfg["num_frames"]}
+        index[vid] = {"file": name, "times": done[vid], "num_frames": cfg["num_frames"], "digest": file_digest(tmp / name)[:16]}
     atomic_write_json(tmp / "index.json", index)
     atomic_write_json(tmp / "bad_videos.json", bad)
     shutil.rmtree(OUT, ignore_errors=True)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, group_by_video, read_samples
-from cater.io import RowStore, write_jsonl
+from cater.io import RowStore, stable_hash, write_jsonl
 from cater.prompts.base import PromptError, PromptRequest
 from cater.prompts.registry import make_backend, result_config
 
@@ -31,6 +31,12 @@ SPLITS_DIR = Path("data/splits")
 FRAMES = Path("data/frames")
 OUT = Path("data/prompts")
 CACHE = Path("data/.cache/prompts")
+
+
+def request_digest(group, frames: FrameStore) -> str:
+    """What a video's prompts depend on: its frames, their times, its questions and events."""
+    video_id = group[0].video_id
+    return stable_hash([frames.digest(video_id), frames.times(video_id), sorted({s.question for s in group}), group[0].events])
 
 
 def build_requests(samples, frames: FrameStore, mmap: bool = False) -> list[PromptRequest]:
@@ -60,13 +66,20 @@ def run(params, args) -> None:
         raise ValueError(f"params.yaml: prompts.generators has no entry {name!r} (have {sorted(cfg['generators'])})")
     gen_cfg = cfg["generators"][name]
     samples = [s for split in SPLITS for s in read_samples(SPLITS_DIR / f"{split}.jsonl")]
+    if gen_cfg.get("backend") == "annotations" and not any(s.events for s in samples):
+        raise ValueError(
+            f"prompts[{name}]: the annotations backend reads ground-truth events, and these samples have no event "
+            "annotations (only the shapes demo has them); use an openai or hf generator (README: Event prompts)"
+        )
     frames = FrameStore(FRAMES)
     backend = make_backend(name, gen_cfg, CACHE / name / "responses")
     config = {"generator": result_config(gen_cfg), "num_frames": params["frames"]["num_frames"]}
     store = RowStore(CACHE / name / "rows", config)
-    done = store.load()  # finished videos only: failed ones are retried on the next run
-    errors: dict[str, str] = {}
     by_video = group_by_video(samples)
+    digests = {vid: request_digest(group, frames) for vid, group in by_video.items()}
+    # finished videos whose inputs are unchanged; failed ones are retried on the next run
+    done = {k: r for k, r in store.load().items() if r.get("input") == digests.get(k)}
+    errors: dict[str, str] = {}
     todo = [vid for vid in sorted(by_video) if vid not in done]
     batch_size = cfg["batch_size"]
     if todo and hasattr(backend, "estimate"):  # what the run may cost, before any request
@@ -85,7 +98,7 @@ def run(params, args) -> None:
             except PromptError as exc:
                 errors[request.video_id] = f"invalid prompts: {exc}"
                 continue
-            rows.append({"key": request.video_id, **result.to_record()})
+            rows.append({"key": request.video_id, "input": digests[request.video_id], **result.to_record()})
         store.append(rows)
         done.update({r["key"]: r for r in rows})
     ok = [done[v] for v in sorted(by_video) if v in done]
@@ -96,7 +109,7 @@ def run(params, args) -> None:
             f"prompts[{name}]: {len(failures)} video(s) without prompts (max_failures {cfg['max_failures']}); "
             f"see {OUT / (name + '.failures.jsonl')}, first: {failures[0]['video_id']}: {failures[0]['error']}"
         )
-    write_jsonl(OUT / f"{name}.jsonl", [{k: v for k, v in row.items() if k != "key"} for row in ok])
+    write_jsonl(OUT / f"{name}.jsonl", [{k: v for k, v in row.items() if k not in ("key", "input")} for row in ok])
     sent = f", {backend.requests_sent} request(s) sent" if hasattr(backend, "requests_sent") else ""
     print(f"prompts[{name}]: {len(ok)} videos, {len(failures)} failures{sent} -> {OUT / (name + '.jsonl')}")
 

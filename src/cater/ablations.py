@@ -1,0 +1,754 @@
+"""Ablations as DVC experiments: the grid, the queue, failure detection, stage counts and the report.
+
+The grid varies one axis of the recipe at a time around the reference configuration
+(event prompts, hybrid distillation, the default teacher and prompt generator), each over
+several seeds (`train.seed`). A configuration that appears in several groups (the reference
+row) is run once and reused in each group's table.
+
+DVC is driven through its command line (`dvc exp run --queue -S ...`, `dvc queue start`,
+`dvc queue status`, `dvc queue logs`, `dvc exp show --json`). Known queue problems are handled:
+workers that stop while work is still queued are restarted, and a failed experiment is
+recognised by its state (`dvc exp show` lists it with the baseline's metrics, which are never used).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+PROMPT_VARIANTS = ("none", "random", "frame", "event")
+DISTILL_MODES = ("none", "hard", "soft", "hybrid")
+PROMPT_AXIS = "train.prompt_variant"
+DISTILL_AXIS = "train.distill.mode"
+TEACHER_AXIS = "train.teacher"
+GENERATOR_AXIS = "train.prompt_generator"
+SEED_KEY = "train.seed"
+AXES = (PROMPT_AXIS, DISTILL_AXIS, TEACHER_AXIS, GENERATOR_AXIS)
+GROUP_ORDER = ("prompt", "distill", "teacher", "generator")
+EXPERIMENT_STAGES = ("train", "eval")  # the stages a queued experiment is expected to run
+EVAL_METRICS = "metrics/eval.json"
+SETTINGS_KEYS = {"seeds", "jobs", "groups"}
+
+
+class AblationError(RuntimeError):
+    """The ablation cannot start or its results cannot be read; the message says what to do."""
+
+
+# ---------------------------------------------------------------- the grid
+
+@dataclass(frozen=True)
+class Group:
+    name: str       # prompt | distill | teacher | generator
+    axis: str       # the dotted params key this group varies
+    values: tuple[str, ...]
+    title: str
+
+
+@dataclass
+class Experiment:
+    name: str                      # readable and unique: prompt-event-s1
+    config: dict[str, str]         # axis -> value, all four axes
+    seed: int
+    rows: list[tuple[str, str]] = field(default_factory=list)  # (group, value) table rows it serves
+
+    def set_params(self) -> list[str]:
+        return [f"{axis}={self.config[axis]}" for axis in AXES] + [f"{SEED_KEY}={self.seed}"]
+
+
+@dataclass
+class Grid:
+    groups: list[Group]
+    reference: dict[str, str]
+    seeds: int
+    experiments: list[Experiment]
+
+    def row_config(self, group: Group, value: str) -> dict[str, str]:
+        return {**self.reference, group.axis: value}
+
+
+@dataclass
+class Settings:
+    seeds: int = 3
+    jobs: int = 2
+    groups: dict[str, list[str] | None] | None = None  # None: every group the recipe has
+
+
+def get_dotted(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(dotted)
+        node = node[key]
+    return node
+
+
+def available_groups(params: dict) -> dict[str, Group]:
+    """Every group the recipe defines; the generator group only when there is more than one generator."""
+    teachers = tuple(params.get("teacher", {}).get("models", {}) or ())
+    generators = tuple(params.get("prompts", {}).get("generators", {}) or ())
+    groups = {
+        "prompt": Group("prompt", PROMPT_AXIS, PROMPT_VARIANTS, "Prompt variant"),
+        "distill": Group("distill", DISTILL_AXIS, DISTILL_MODES, "Distillation"),
+        "teacher": Group("teacher", TEACHER_AXIS, teachers, "Teacher"),
+    }
+    if len(generators) > 1:
+        groups["generator"] = Group("generator", GENERATOR_AXIS, generators, "Prompt generator")
+    return groups
+
+
+def reference_config(params: dict) -> dict[str, str]:
+    """Event prompts, hybrid distillation, and the teacher and generator that params.yaml names."""
+    train = params.get("train", {})
+    missing = [key for key in ("teacher", "prompt_generator") if key not in train]
+    if missing:
+        raise AblationError(f"params.yaml: train.{missing[0]} is missing (the reference row needs it)")
+    return {PROMPT_AXIS: "event", DISTILL_AXIS: "hybrid", TEACHER_AXIS: str(train["teacher"]),
+            GENERATOR_AXIS: str(train["prompt_generator"])}
+
+
+def read_settings(params: dict, source: str = "params.yaml") -> Settings:
+    """The optional `ablation:` section: seeds, jobs, groups (a list of names, or name -> values)."""
+    section = params.get("ablation") or {}
+    unknown = set(section) - SETTINGS_KEYS
+    if unknown:
+        raise AblationError(f"{source}: ablation.{sorted(unknown)[0]}: unknown key (allowed: {', '.join(sorted(SETTINGS_KEYS))})")
+    settings = Settings()
+    for key in ("seeds", "jobs"):
+        if key in section:
+            value = section[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise AblationError(f"{source}: ablation.{key} is {value!r}, expected a positive integer")
+            setattr(settings, key, value)
+    if "groups" in section:
+        groups = section["groups"]
+        if isinstance(groups, list):
+            settings.groups = {str(name): None for name in groups}
+        elif isinstance(groups, dict):
+            settings.groups = {str(name): (None if values is None else [str(v) for v in values]) for name, values in groups.items()}
+        else:
+            raise AblationError(f"{source}: ablation.groups must be a list of group names or a mapping group -> values")
+    return settings
+
+
+def parse_group_specs(specs: Iterable[str]) -> dict[str, list[str] | None]:
+    """`prompt distill=none,hybrid` -> {'prompt': None, 'distill': ['none', 'hybrid']}."""
+    groups: dict[str, list[str] | None] = {}
+    for spec in specs:
+        name, _, values = spec.partition("=")
+        groups[name.strip()] = [v.strip() for v in values.split(",") if v.strip()] if values else None
+    return groups
+
+
+def _safe(value: str) -> str:
+    """A value as a git-ref-safe name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-.") or "x"
+
+
+def build_grid(params: dict, seeds: int, groups: dict[str, list[str] | None] | None = None) -> Grid:
+    """The experiments: each selected group's values around the reference, times `seeds` seeds, deduplicated."""
+    if seeds < 1:
+        raise AblationError(f"seeds must be at least 1, got {seeds}")
+    available = available_groups(params)
+    reference = reference_config(params)
+    wanted = groups if groups is not None else {name: None for name in available}
+    selected: list[Group] = []
+    for name, values in wanted.items():
+        if name not in available:
+            why = " (it needs more than one entry in prompts.generators)" if name == "generator" else ""
+            raise AblationError(f"unknown ablation group {name!r}{why}; available: {', '.join(available)}")
+        group = available[name]
+        if values is not None:
+            bad = [v for v in values if v not in group.values]
+            if bad:
+                raise AblationError(f"group {name}: unknown value {bad[0]!r}; allowed: {', '.join(group.values)}")
+            group = Group(group.name, group.axis, tuple(values), group.title)
+        if not group.values:
+            raise AblationError(f"group {name} has no values")
+        selected.append(group)
+    selected.sort(key=lambda g: GROUP_ORDER.index(g.name))
+    by_key: dict[tuple, Experiment] = {}
+    experiments: list[Experiment] = []
+    for seed in range(seeds):
+        for group in selected:
+            for value in group.values:
+                config = {**reference, group.axis: value}
+                key = (tuple(config[a] for a in AXES), seed)
+                if key not in by_key:
+                    by_key[key] = Experiment(f"{group.name}-{_safe(value)}-s{seed}", config, seed)
+                    experiments.append(by_key[key])
+                by_key[key].rows.append((group.name, value))
+    names = Counter(e.name for e in experiments)
+    clash = [n for n, c in names.items() if c > 1]
+    if clash:
+        raise AblationError(f"two experiments would share the name {clash[0]!r}: rename a teacher or generator")
+    return Grid(selected, reference, seeds, experiments)
+
+
+# ---------------------------------------------------------------- ordering around upstream stages
+
+def stage_param_keys(dvc_yaml: dict) -> dict[str, list[str]]:
+    """stage name -> the params keys it declares (a templated key is cut before its first `${`)."""
+    result: dict[str, list[str]] = {}
+    for name, stage in (dvc_yaml.get("stages") or {}).items():
+        body = stage.get("do", stage) if isinstance(stage, dict) else {}
+        keys: list[str] = []
+        for entry in body.get("params", []) or []:
+            items = [entry] if isinstance(entry, str) else [k for values in entry.values() for k in (values or [])]
+            for key in items:
+                key = str(key).split("${", 1)[0].rstrip(".")
+                if key:
+                    keys.append(key)
+        result[name] = keys
+    return result
+
+
+def _covers(declared: str, axis: str) -> bool:
+    return axis == declared or axis.startswith(declared + ".") or declared.startswith(axis + ".")
+
+
+def upstream_axes(dvc_yaml: dict, axes: Iterable[str] = AXES) -> set[str]:
+    """Axes that a stage other than train/eval depends on: changing them would re-run an upstream stage."""
+    stages = stage_param_keys(dvc_yaml)
+    return {axis for axis in axes for stage, keys in stages.items()
+            if stage not in EXPERIMENT_STAGES and any(_covers(k, axis) for k in keys)}
+
+
+def plan_waves(experiments: list[Experiment], upstream: set[str]) -> list[list[Experiment]]:
+    """Run order. With upstream axes, the first experiment of each upstream configuration runs in a
+    first wave (distinct configurations, so no upstream stage runs twice at once); the others follow
+    and restore those stages from DVC's run cache. Without upstream axes: one wave."""
+    if not upstream:
+        return [list(experiments)]
+    first, rest, seen = [], [], set()
+    for exp in experiments:
+        key = tuple(exp.config.get(axis) for axis in sorted(upstream))
+        (rest if key in seen else first).append(exp)
+        seen.add(key)
+    return [wave for wave in (first, rest) if wave]
+
+
+# ---------------------------------------------------------------- running dvc and git
+
+def tool_env() -> dict[str, str]:
+    """This interpreter's bin directory first on PATH, so `dvc` and the stages' `cater` are ours."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+class Runner:
+    """Runs `dvc`/`git` in one repository; a failing command raises AblationError with its output."""
+
+    def __init__(self, root: Path, echo: Callable[[str], None] = print):
+        self.root = Path(root)
+        self.echo = echo
+        self.env = tool_env()
+
+    def __call__(self, *args: str, check: bool = True, quiet: bool = False, detached: bool = False) -> subprocess.CompletedProcess:
+        if not quiet:
+            self.echo("$ " + " ".join(_quote(a) for a in args))
+        if detached:  # a file, not a pipe: background workers keep it open, and waiting on a pipe would wait for them
+            with tempfile.TemporaryFile("w+") as log:
+                code = subprocess.run(list(args), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT).returncode
+                log.seek(0)
+                result = subprocess.CompletedProcess(list(args), code, log.read(), "")
+        else:
+            result = subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise AblationError(f"`{' '.join(args)}` failed ({result.returncode}):\n{(result.stdout + result.stderr).strip()[-3000:]}")
+        return result
+
+
+def _quote(arg: str) -> str:
+    return arg if re.fullmatch(r"[\w@%+=:,./-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
+
+
+def git_changes(run: Runner) -> list[str]:
+    """Paths (files) with uncommitted changes, untracked ones included."""
+    out = run("git", "status", "--porcelain", "-uall", quiet=True).stdout
+    return [line[3:].split(" -> ")[-1].strip('"') for line in out.splitlines() if line.strip()]
+
+
+def pipeline_files(root: Path) -> list[str]:
+    """dvc.lock and the pipeline outputs git tracks (cache: false metrics and plots), relative paths."""
+    from dvc.repo import Repo
+
+    paths = ["dvc.lock"]
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            for out in stage.outs:
+                if not out.use_cache:
+                    paths.append(os.path.relpath(out.fs_path, root))
+    return paths
+
+
+def _is_pipeline_file(path: str, allowed: list[str]) -> bool:
+    return Path(path).name == ".gitignore" or any(path == p or path.startswith(p.rstrip("/") + "/") for p in allowed)
+
+
+def prepare_baseline(run: Runner) -> str:
+    """`dvc repro` so every upstream output is current and cached, then commit dvc.lock (and the
+    git-tracked metrics) if the tree was otherwise clean. Returns the baseline commit."""
+    allowed = pipeline_files(run.root)
+    foreign = [p for p in git_changes(run) if not _is_pipeline_file(p, allowed)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise AblationError(f"uncommitted changes besides dvc.lock ({shown}): commit or stash them first; "
+                            "experiments are queued from the last commit")
+    run("dvc", "repro")
+    changed = git_changes(run)
+    stray = [p for p in changed if not _is_pipeline_file(p, allowed)]
+    if stray:
+        raise AblationError(f"`dvc repro` changed files outside the pipeline outputs ({', '.join(stray[:5])}); commit them first")
+    if changed:
+        run("git", "add", "--", *changed)
+        run("git", "commit", "-q", "-m", "dvc repro: pipeline outputs before ablations", "--", *changed)
+    return run("git", "rev-parse", "HEAD", quiet=True).stdout.strip()
+
+
+# ---------------------------------------------------------------- the queue
+
+STATUS_ROW = re.compile(r"^(?P<task>[0-9a-f]{7,40})\s+(?P<middle>.*?)\s+(?P<status>Queued|Running|Success|Failed|Unknown)\s*$")
+WORKERS = re.compile(r"Worker status:\s*(\d+) active,\s*(\d+) idle")
+
+
+@dataclass
+class QueueStatus:
+    tasks: dict[str, tuple[str, str]]  # task id -> (name, status)
+    active: int
+    idle: int
+
+
+def parse_queue_status(text: str) -> QueueStatus:
+    """Parse `dvc queue status` (it has no --json): task, name, created, status; then the worker line."""
+    tasks = {}
+    for line in text.splitlines():
+        match = STATUS_ROW.match(line.strip())
+        if match:
+            parts = re.split(r"\s{2,}", match["middle"].strip())
+            name = parts[0] if len(parts) >= 2 else ""
+            tasks[match["task"]] = (name, match["status"])
+    workers = WORKERS.search(text)
+    active, idle = (int(workers[1]), int(workers[2])) if workers else (0, 0)
+    return QueueStatus(tasks, active, idle)
+
+
+def queue_status(run: Runner) -> QueueStatus:
+    return parse_queue_status(run("dvc", "queue", "status", quiet=True).stdout)
+
+
+def queue_experiments(run: Runner, experiments: list[Experiment]) -> dict[str, str]:
+    """`dvc exp run --queue -n NAME -S ...` for each; returns name -> task id (new tasks only)."""
+    before = set(queue_status(run).tasks)
+    for exp in experiments:
+        args = ["dvc", "exp", "run", "--queue", "-n", exp.name]
+        for assignment in exp.set_params():
+            args += ["-S", assignment]
+        run(*args)
+    new = {name: task for task, (name, _) in queue_status(run).tasks.items() if task not in before}
+    missing = [e.name for e in experiments if e.name not in new]
+    if missing:
+        raise AblationError(f"queued experiments missing from `dvc queue status`: {', '.join(missing)}")
+    return {e.name: new[e.name] for e in experiments}
+
+
+def wait_for_queue(run: Runner, tasks: dict[str, str], jobs: int, poll: float = 5.0, stall_polls: int = 3,
+                   timeout: float | None = None) -> tuple[dict[str, str], int]:
+    """Start `jobs` workers and wait until none of `tasks` is queued or running. Workers that all stop
+    while our tasks are still queued (a known DVC queue problem) are started again.
+    Returns (name -> final queue status, number of restarts)."""
+    run("dvc", "queue", "start", "-j", str(max(1, min(jobs, len(tasks)))), detached=True)
+    start, stalled, restarts, last = time.monotonic(), 0, 0, None
+    while True:
+        time.sleep(poll)
+        status = queue_status(run)
+        states = {name: status.tasks.get(task, ("", "Unknown"))[1] for name, task in tasks.items()}
+        counts = Counter(states.values())
+        summary = ", ".join(f"{counts[s]} {s.lower()}" for s in ("Queued", "Running", "Success", "Failed", "Unknown") if counts[s])
+        if summary != last:
+            run.echo(f"[{time.monotonic() - start:6.0f} s] {summary} (workers: {status.active} active)")
+            last = summary
+        if not counts["Queued"] and not counts["Running"]:
+            return states, restarts
+        stalled = stalled + 1 if counts["Queued"] and not counts["Running"] and status.active == 0 else 0
+        if stalled >= stall_polls:
+            restarts += 1
+            run.echo(f"queue workers stopped with {counts['Queued']} experiment(s) still queued: starting them again")
+            run("dvc", "queue", "start", "-j", str(max(1, min(jobs, counts["Queued"]))), detached=True)
+            stalled = 0
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise AblationError(f"experiments still unfinished after {timeout:.0f} s: {summary}")
+
+
+def queue_logs(run: Runner, task: str) -> str:
+    result = run("dvc", "queue", "logs", task, check=False, quiet=True)
+    return result.stdout + result.stderr
+
+
+RUNNING = re.compile(r"^Running stage '(?P<stage>[^']+)':", re.M)
+RESTORED = re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run", re.M)
+SKIPPED = re.compile(r"^Stage '(?P<stage>[^']+)' didn't change, skipping", re.M)
+
+
+@dataclass
+class StageCount:
+    ran: int = 0        # the stage's command ran
+    restored: int = 0   # restored from the run cache, command not run
+    skipped: int = 0    # unchanged, nothing done
+
+
+def count_stage_runs(logs: Iterable[str]) -> dict[str, StageCount]:
+    """How often each stage actually ran across experiment logs (`dvc queue logs`)."""
+    counts: dict[str, StageCount] = {}
+    for text in logs:
+        for pattern, attr in ((RUNNING, "ran"), (RESTORED, "restored"), (SKIPPED, "skipped")):
+            for match in pattern.finditer(text):
+                count = counts.setdefault(match["stage"], StageCount())
+                setattr(count, attr, getattr(count, attr) + 1)
+    return counts
+
+
+def format_stage_counts(counts: dict[str, StageCount], experiments: int) -> str:
+    lines = [f"stage runs inside {experiments} experiment(s) (ran / restored from run cache / unchanged):"]
+    for stage, c in counts.items():
+        lines.append(f"  {stage:<24} {c.ran:>3} / {c.restored:>3} / {c.skipped:>3}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- reading `dvc exp show --json`
+
+@dataclass
+class ExpRecord:
+    name: str
+    rev: str
+    state: str                 # success | failed | queued | running
+    params: dict               # the full params.yaml of the experiment
+    test: dict | None          # metrics/eval.json's `test`; None unless the experiment succeeded
+    timestamp: str | None = None
+    task_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Baseline:
+    rev: str
+    name: str | None
+    params: dict
+    experiments: list[ExpRecord]
+
+
+def _params_of(data: dict) -> dict:
+    return ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+
+
+def read_show_json(show: list, rev: str | None = None) -> Baseline:
+    """The baseline commit (`rev`, else the first one) and its experiments from `dvc exp show --json`
+    (DVC 3.x: a list of commits, each with `experiments`: [{name, executor: {state, ...}, revs: [...]}])."""
+    if not isinstance(show, list):
+        raise AblationError("`dvc exp show --json`: expected a list of commits")
+    commits = [c for c in show if c.get("rev") != "workspace"]
+    if rev:
+        commits = [c for c in commits if c.get("rev", "").startswith(rev) or c.get("name") == rev]
+    if not commits:
+        raise AblationError(f"`dvc exp show --json` has no baseline commit{' ' + rev if rev else ''}")
+    commit = commits[0]
+    records = []
+    for entry in commit.get("experiments") or []:
+        executor = entry.get("executor") or {}
+        for item in entry.get("revs") or []:
+            data = item.get("data") or {}
+            error = item.get("error")
+            state = executor.get("state") or ("failed" if error else "success")
+            if error and state == "success":
+                state = "failed"
+            test = None
+            if state == "success":  # a failed experiment shows its baseline's metrics: never read them
+                test = (((data.get("metrics") or {}).get(EVAL_METRICS) or {}).get("data") or {}).get("test")
+            records.append(ExpRecord(
+                name=item.get("name") or entry.get("name") or item.get("rev", "")[:7], rev=item.get("rev", ""),
+                state=state, params=_params_of(data), test=test, timestamp=data.get("timestamp"),
+                task_id=(executor.get("local") or {}).get("task_id"),
+                error=(error or {}).get("msg") if isinstance(error, dict) else error))
+    return Baseline(commit.get("rev", ""), commit.get("name"), _params_of(commit.get("data") or {}), records)
+
+
+def exp_show_json(run: Runner, rev: str | None = None) -> list:
+    args = ["dvc", "exp", "show", "--json"] + (["--rev", rev] if rev else [])
+    try:
+        return json.loads(run(*args, quiet=True).stdout)
+    except json.JSONDecodeError as exc:
+        raise AblationError(f"`{' '.join(args)}` did not print JSON ({exc})") from None
+
+
+def final_states(baseline: Baseline, tasks: dict[str, str], queue_states: dict[str, str]) -> dict[str, str]:
+    """name -> success | failed for the experiments we queued. A run counts as a success only if both
+    the queue and `dvc exp show` say so."""
+    by_task = {r.task_id: r for r in baseline.experiments if r.task_id}
+    result = {}
+    for name, task in tasks.items():
+        record = next((r for t, r in by_task.items() if t.startswith(task)), None)
+        if record is None:  # no executor record (left the queue): a name is unique among an experiment's successes
+            record = next((r for r in baseline.experiments if r.name == name and r.state == "success"), None)
+        ok = queue_states.get(name) == "Success" and record is not None and record.state == "success" and record.test is not None
+        result[name] = "success" if ok else "failed"
+    return result
+
+
+# ---------------------------------------------------------------- the whole run
+
+@dataclass
+class AblationResult:
+    baseline: str
+    states: dict[str, str]                 # name -> success | failed | reused
+    stage_counts: dict[str, StageCount]
+    failure_logs: dict[str, str]
+    restarts: int
+    seconds: float
+
+    @property
+    def failed(self) -> list[str]:
+        return [n for n, s in self.states.items() if s == "failed"]
+
+
+def run_ablations(root: Path, grid: Grid, jobs: int, echo: Callable[[str], None] = print,
+                  prepare: bool = True, poll: float = 5.0, extra: list[Experiment] | None = None) -> AblationResult:
+    """Reproduce and commit the baseline, queue the grid's experiments (reusing ones that already
+    succeeded at this baseline), run them, and collect states, stage counts and failure logs.
+    `extra` queues further experiments as they are (tests use it for a deliberately bad one)."""
+    import yaml
+
+    start = time.monotonic()
+    run = Runner(root, echo)
+    baseline = prepare_baseline(run) if prepare else run("git", "rev-parse", "HEAD", quiet=True).stdout.strip()
+    experiments = list(grid.experiments) + list(extra or [])
+    done = {r.name for r in read_show_json(exp_show_json(run), baseline).experiments if r.state == "success"}
+    reused = [e for e in experiments if e.name in done]
+    todo = [e for e in experiments if e.name not in done]
+    if reused:
+        echo(f"reusing {len(reused)} experiment(s) that already succeeded at this baseline: {', '.join(e.name for e in reused)}")
+    dvc_yaml = yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}
+    states: dict[str, str] = {e.name: "reused" for e in reused}
+    tasks: dict[str, str] = {}
+    restarts = 0
+    for number, wave in enumerate(plan_waves(todo, upstream_axes(dvc_yaml)) if todo else [], start=1):
+        echo(f"wave {number}: queueing {len(wave)} experiment(s)")
+        wave_tasks = queue_experiments(run, wave)
+        queue_states, wave_restarts = wait_for_queue(run, wave_tasks, jobs, poll=poll)
+        restarts += wave_restarts
+        show = read_show_json(exp_show_json(run), baseline)
+        states.update(final_states(show, wave_tasks, queue_states))
+        tasks.update(wave_tasks)
+    logs = {name: queue_logs(run, task) for name, task in tasks.items()}
+    failure_logs = {name: logs[name] for name, state in states.items() if state == "failed"}
+    return AblationResult(baseline, states, count_stage_runs(logs.values()), failure_logs, restarts,
+                          time.monotonic() - start)
+
+
+def log_tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- the report
+
+@dataclass
+class Row:
+    value: str
+    config: dict[str, str]
+    reference: bool
+    seeds: list[int] = field(default_factory=list)
+    accuracies: list[float] = field(default_factory=list)
+    n: set = field(default_factory=set)
+    chance: list[float] = field(default_factory=list)
+    per_type: dict[str, list[float]] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.accuracies) / len(self.accuracies) if self.accuracies else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation over seeds (None below two seeds)."""
+        k = len(self.accuracies)
+        if k < 2:
+            return None
+        mean = self.mean
+        return math.sqrt(sum((a - mean) ** 2 for a in self.accuracies) / (k - 1))
+
+
+@dataclass
+class Table:
+    group: Group
+    rows: list[Row]
+
+
+def _without(params: dict, keys: Iterable[str]) -> dict:
+    params = copy.deepcopy(params)
+    for dotted in keys:
+        *parents, last = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return params
+
+
+def summarize(grid: Grid, baseline: Baseline) -> tuple[list[Table], list[ExpRecord]]:
+    """Group the baseline's experiments into the grid's rows by their params: every param but the
+    axes and the seed must equal the baseline's. Returns the tables and the experiments left out."""
+    common = _without(baseline.params, AXES + (SEED_KEY,))
+    tables = [Table(g, [Row(v, grid.row_config(g, v), grid.row_config(g, v) == grid.reference) for v in g.values])
+              for g in grid.groups]
+    rows_by_config: dict[tuple, list[Row]] = {}
+    for table in tables:
+        for row in table.rows:
+            rows_by_config.setdefault(tuple(row.config[a] for a in AXES), []).append(row)
+    unmatched, chosen = [], {}
+    for record in sorted(baseline.experiments, key=lambda r: r.timestamp or ""):
+        try:
+            config = tuple(str(get_dotted(record.params, a)) for a in AXES)
+            seed = int(get_dotted(record.params, SEED_KEY))
+        except (KeyError, TypeError, ValueError):
+            unmatched.append(record)
+            continue
+        if config not in rows_by_config or _without(record.params, AXES + (SEED_KEY,)) != common:
+            unmatched.append(record)
+            continue
+        if record.state == "success" and record.test is not None:
+            chosen[(config, seed)] = record  # the newest run of a configuration and seed wins
+        elif record.state == "failed":
+            for row in rows_by_config[config]:
+                row.failed.append(record.name)
+        else:
+            for row in rows_by_config[config]:
+                row.unfinished.append(record.name)
+    for (config, seed), record in sorted(chosen.items(), key=lambda kv: kv[0][1]):
+        for row in rows_by_config[config]:
+            row.seeds.append(seed)
+            row.accuracies.append(float(record.test["accuracy"]))
+            row.n.add(record.test.get("n"))
+            if record.test.get("chance") is not None:
+                row.chance.append(float(record.test["chance"]))
+            for qtype, value in (record.test.get("per_type") or {}).items():
+                if value.get("accuracy") is not None:
+                    row.per_type.setdefault(qtype, []).append(float(value["accuracy"]))
+    return tables, unmatched
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def render_table(table: Table, reference_mean: float | None) -> str:
+    types = sorted({t for row in table.rows for t in row.per_type})
+    header = [table.group.title, "seeds", "test accuracy (mean ± std)", "Δ vs reference", "test n"] + types
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in table.rows:
+        label = f"**{row.value}** (reference)" if row.reference else row.value
+        accuracy = "–" if row.mean is None else f"{row.mean:.3f} ± {_fmt(row.std)}"
+        delta = None if row.mean is None or reference_mean is None else row.mean - reference_mean
+        seeds = str(len(row.seeds)) + (f" ({len(row.failed)} failed)" if row.failed else "") + (
+            f" ({len(row.unfinished)} unfinished)" if row.unfinished else "")
+        n = "/".join(str(v) for v in sorted(row.n, key=str)) or "–"
+        cells = [label, seeds, accuracy, "0 (reference)" if row.reference and row.mean is not None else _fmt(delta, True), n]
+        cells += [_fmt(sum(row.per_type[t]) / len(row.per_type[t])) if row.per_type.get(t) else "–" for t in types]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_chart(table: Table, path: Path) -> None:
+    """A bar chart of mean test accuracy with ± std error bars (Agg backend: no display, no JS)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cater.io import atomic_path
+
+    rows = [r for r in table.rows if r.mean is not None]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * max(len(rows), 1), 3.2), dpi=110)
+    try:
+        x = range(len(rows))
+        ax.bar(x, [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows], capsize=4,
+               color=["#d95f02" if r.reference else "#1b9e77" for r in rows])
+        ax.set_xticks(list(x), [r.value for r in rows], rotation=20 if len(rows) > 4 else 0)
+        chance = [c for r in rows for c in r.chance]
+        if chance:
+            ax.axhline(sum(chance) / len(chance), color="grey", linestyle="--", linewidth=1, label="chance")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{table.group.title} ({table.group.axis})", fontsize=10)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def build_report(grid: Grid, baseline: Baseline, out: Path, compare_command: str | None = None) -> str:
+    """Write `out` (markdown) and one PNG per group beside it, in `<out stem>/`; returns the markdown."""
+    from cater.io import atomic_write_text
+
+    tables, unmatched = summarize(grid, baseline)
+    reference = next((r for t in tables for r in t.rows if r.reference and r.mean is not None), None)
+    reference_mean = reference.mean if reference else None
+    ref = grid.reference
+    lines = [
+        "# Ablations",
+        "",
+        f"Baseline commit `{baseline.rev[:7]}`{f' ({baseline.name})' if baseline.name else ''}. "
+        f"Generated by `cater report` from `dvc exp show --json`; only experiments that succeeded are counted "
+        "(a failed experiment is listed there with its baseline's metrics, which are ignored).",
+        "",
+        f"Reference row: prompts `{ref[PROMPT_AXIS]}`, distillation `{ref[DISTILL_AXIS]}`, teacher `{ref[TEACHER_AXIS]}`, "
+        f"prompt generator `{ref[GENERATOR_AXIS]}`; it is run once per seed and shared by every group. "
+        "Accuracy is the mean over seeds (`train.seed`) ± the sample standard deviation; Δ is the difference of means "
+        "from the reference row; the per-type columns are mean accuracies per question type.",
+    ]
+    image_dir = out.parent / out.stem
+    for table in tables:
+        lines += ["", f"## {table.group.title} (`{table.group.axis}`)", "", render_table(table, reference_mean)]
+        if any(r.mean is not None for r in table.rows):
+            image = image_dir / f"{table.group.name}.png"
+            render_chart(table, image)
+            lines += ["", f"![{table.group.title}]({image.relative_to(out.parent).as_posix()})"]
+    failed = sorted({name for t in tables for r in t.rows for name in r.failed})
+    if failed:
+        lines += ["", "## Failed experiments", "", "Not counted above; see `dvc queue logs <name>`:", ""]
+        lines += [f"- `{name}`" for name in failed]
+    if unmatched:
+        lines += ["", f"{len(unmatched)} other experiment(s) at this baseline are not part of the grid and are not shown: "
+                  + ", ".join(f"`{r.name}`" for r in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")]
+    if compare_command:
+        lines += ["", "All experiments side by side:", "", "```", compare_command, "```"]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out, text)
+    return text
+
+
+# The curated comparison: one column per axis that varies, test accuracy kept, the noise dropped.
+COMPARE_ARGS = [
+    "dvc", "exp", "show", "--only-changed", "--hide-failed", "--hide-queued", "--hide-workspace",
+    "--drop", r"loss|val|step|best_epoch|chance|per_type|test\.n|models/student\.pt|Created|State|Executor",
+    "--keep", r"test\.accuracy",
+    "--sort-by", f"{EVAL_METRICS}:test.accuracy", "--sort-order", "desc", "--precision", "3",
+]
+
+
+def compare_command() -> str:
+    return " ".join(_quote(a) for a in COMPARE_ARGS)

@@ -1,0 +1,21 @@
+"""`cater compare`: print the curated `dvc exp show` command and run it (extra arguments are passed on,
+e.g. `cater compare --md`)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from cater.ablations import COMPARE_ARGS, compare_command, tool_env
+
+
+def main(argv=None) -> int:
+    extra = list(sys.argv[1:] if argv is None else argv)
+    if extra[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    print(compare_command() + ("" if not extra else " " + " ".join(extra)), flush=True)
+    return subprocess.run(COMPARE_ARGS + ["--no-pager"] + extra, env=tool_env()).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,5 +30,14 @@ test-fast: $(STAMP)
 benchmarks: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_cached_features.py
 
+ablations: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH HF_HUB_OFFLINE=1 $(BIN)/cater ablations
+
+report: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/cater report
+
+verify: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH HF_HUB_OFFLINE=1 $(BIN)/cater verify
+
 clean-cache:
 	rm -rf data/.cache

@@ -369,16 +369,20 @@ def wait_for_queue(run: Runner, tasks: dict[str, str], jobs: int, poll: float = 
     Returns (name -> final queue status, number of restarts)."""
     run("dvc", "queue", "start", "-j", str(max(1, min(jobs, len(tasks)))), detached=True)
     start, stalled, restarts, last = time.monotonic(), 0, 0, None
+    missing: Counter = Counter()  # polls in a row a task was absent from the status (briefly, between states)
     while True:
         time.sleep(poll)
         status = queue_status(run)
         states = {name: status.tasks.get(task, ("", "Unknown"))[1] for name, task in tasks.items()}
+        for name, state in states.items():
+            missing[name] = missing[name] + 1 if state == "Unknown" else 0
         counts = Counter(states.values())
         summary = ", ".join(f"{counts[s]} {s.lower()}" for s in ("Queued", "Running", "Success", "Failed", "Unknown") if counts[s])
         if summary != last:
             run.echo(f"[{time.monotonic() - start:6.0f} s] {summary} (workers: {status.active} active)")
             last = summary
-        if not counts["Queued"] and not counts["Running"]:
+        vanished = all(missing[n] >= 2 * stall_polls for n, s in states.items() if s == "Unknown")
+        if not counts["Queued"] and not counts["Running"] and vanished:
             return states, restarts
         stalled = stalled + 1 if counts["Queued"] and not counts["Running"] and status.active == 0 else 0
         if stalled >= stall_polls:
@@ -491,15 +495,16 @@ def exp_show_json(run: Runner, rev: str | None = None) -> list:
 
 
 def final_states(baseline: Baseline, tasks: dict[str, str], queue_states: dict[str, str]) -> dict[str, str]:
-    """name -> success | failed for the experiments we queued. A run counts as a success only if both
-    the queue and `dvc exp show` say so."""
+    """name -> success | failed for the experiments we queued. A success needs `dvc exp show` to say so,
+    with metrics, and the queue not to call it failed (a task may have left the queue's list)."""
     by_task = {r.task_id: r for r in baseline.experiments if r.task_id}
     result = {}
     for name, task in tasks.items():
         record = next((r for t, r in by_task.items() if t.startswith(task)), None)
         if record is None:  # no executor record (left the queue): a name is unique among an experiment's successes
             record = next((r for r in baseline.experiments if r.name == name and r.state == "success"), None)
-        ok = queue_states.get(name) == "Success" and record is not None and record.state == "success" and record.test is not None
+        ok = queue_states.get(name) in ("Success", "Unknown") and record is not None and record.state == "success" \
+            and record.test is not None
         result[name] = "success" if ok else "failed"
     return result
 
@@ -529,6 +534,8 @@ def run_ablations(root: Path, grid: Grid, jobs: int, echo: Callable[[str], None]
 
     start = time.monotonic()
     run = Runner(root, echo)
+    # parallel workers share the cores: one torch thread pool each would oversubscribe them
+    run.env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     baseline = prepare_baseline(run) if prepare else run("git", "rev-parse", "HEAD", quiet=True).stdout.strip()
     experiments = list(grid.experiments) + list(extra or [])
     done = {r.name for r in read_show_json(exp_show_json(run), baseline).experiments if r.state == "success"}
@@ -744,8 +751,9 @@ def build_report(grid: Grid, baseline: Baseline, out: Path, compare_command: str
 # The curated comparison: one column per axis that varies, test accuracy kept, the noise dropped.
 COMPARE_ARGS = [
     "dvc", "exp", "show", "--only-changed", "--hide-failed", "--hide-queued", "--hide-workspace",
-    "--drop", r"loss|val|step|best_epoch|chance|per_type|test\.n|models/student\.pt|Created|State|Executor",
-    "--keep", r"test\.accuracy",
+    # dvc matches these from the start of the full column name (`metrics/eval.json:test.accuracy`)
+    "--drop", r".*(loss|(^|[:.])val\.|best_val|step$|best_epoch|chance|per_type|test\.n$|models/student\.pt)|Created|State|Executor",
+    "--keep", r".*test\.accuracy$",
     "--sort-by", f"{EVAL_METRICS}:test.accuracy", "--sort-order", "desc", "--precision", "3",
 ]
 

@@ -16,6 +16,10 @@ STAGES = {
 }
 COMMANDS = {
     "show-metrics": "cater.commands.show_metrics",
+    "ablations": "cater.commands.ablations",
+    "report": "cater.commands.report",
+    "compare": "cater.commands.compare",
+    "verify": "cater.commands.verify",
 }
 
 

@@ -32,6 +32,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield an empty staging directory beside `path`; it replaces `path` only if the block succeeds.
+
+    An older `path` is moved aside first and removed only after the new one is in place.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield staging
+        old = path.with_name(f".{path.name}.old-{staging.name.rsplit('.', 1)[-1]}") if path.exists() else None
+        if old is not None:
+            path.rename(old)
+        staging.rename(path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cater.io import atomic_directory
 from cater.teachers.base import LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block
 
 IMAGE_TOKEN_INDEX = -200  # placeholder id of one frame in input_ids (the reference's constant)
@@ -753,9 +754,6 @@ def randomise(module: nn.Module, generator: torch.Generator, std: float = 0.05) 
 
 def write_tiny_chatunivi(path: str | Path, seed: int = 0) -> Path:
     """Write a tiny random Chat-UniVi checkpoint (official layout + tokenizer + CLIP configs)."""
-    import shutil
-    import tempfile
-
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaForCausalLM
 
@@ -785,9 +783,7 @@ def write_tiny_chatunivi(path: str | Path, seed: int = 0) -> Path:
     for name, tensor in projector.state_dict().items():
         state[PROJECTOR_PREFIX + name] = tensor.contiguous()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as staging:
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         (staging / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}, indent=2))
@@ -801,10 +797,4 @@ def write_tiny_chatunivi(path: str | Path, seed: int = 0) -> Path:
             "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
         }, indent=2))
         tokenizer.save_pretrained(str(staging))
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path

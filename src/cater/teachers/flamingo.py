@@ -32,14 +32,13 @@ and the demo run the same loading code as the 9B models.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cater.data.frames import uniform_indices
+from cater.io import atomic_directory
 from cater.teachers.base import (
     LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block, resolve_device, resolve_dtype,
 )
@@ -532,27 +531,10 @@ def write_tiny_flamingo(path: str | Path, seed: int = 0, backend: str | None = D
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        with torch.random.fork_rng(devices=[]):  # construction draws from torch's RNG; keep callers' state
-            torch.manual_seed(seed)
-            if backend == "idefics":
-                _write_tiny_idefics(staging, seed)
-            else:
-                _write_tiny_openflamingo(staging, seed)
-        _replace_dir(staging, path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    with atomic_directory(path) as staging, torch.random.fork_rng(devices=[]):  # keep callers' RNG state
+        torch.manual_seed(seed)
+        if backend == "idefics":
+            _write_tiny_idefics(staging, seed)
+        else:
+            _write_tiny_openflamingo(staging, seed)
     return path
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put directory `new` at `target`, removing an older `target` only after the rename succeeded."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{new.name.rsplit('.', 1)[-1]}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old)

@@ -13,8 +13,6 @@ demo exercise the same loading code as the 7B model.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from cater.data.frames import uniform_indices
+from cater.io import atomic_directory
 from cater.teachers.base import (
     LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block, resolve_device, resolve_dtype,
 )
@@ -351,24 +350,7 @@ def write_tiny_videollava(path: str | Path, seed: int = 0) -> Path:
     model = VideoLlavaForConditionalGeneration(config)
     _init_weights_deterministically(model, seed)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        _replace_dir(staging, path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return path
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put directory `new` at `target`, removing an older `target` only after the rename succeeded."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{new.name.rsplit('.', 1)[-1]}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old)

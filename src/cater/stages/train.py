@@ -5,6 +5,7 @@ so experiments that change them re-run only `train` and `eval`.
 """
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -66,8 +67,10 @@ def run(params, args) -> None:
         live.summary["best_epoch"] = checkpoint["best_epoch"]
         live.summary["best_val_accuracy"] = checkpoint["val_accuracy"]
     CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # saved through a buffer: torch names the archive after the file, here a random temp name
+    torch.save(checkpoint, buffer)
     with atomic_path(CHECKPOINT) as tmp:
-        torch.save(checkpoint, tmp)
+        tmp.write_bytes(buffer.getvalue())
     print(f"train: best epoch {checkpoint['best_epoch']} val accuracy {checkpoint['val_accuracy']:.4f} -> {CHECKPOINT}")
 
 

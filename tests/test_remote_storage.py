@@ -11,11 +11,9 @@ import secrets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +21,7 @@ import pytest
 import yaml
 
 from helpers.dvc_workspace import env, make_workspace, run
+from helpers.moto import moto_server
 
 TEACHER = "data/teacher/videollava"
 # made at run time, so the literal is in no committed file (this one included) and `git grep` means something
@@ -44,38 +43,16 @@ def gpu_repo(tmp_path_factory):
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """moto_server on a free local port, with one bucket created through boto3."""
     import boto3
 
-    port = free_port()
-    server = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start")
-                time.sleep(0.2)
+    with moto_server() as url:
         client = boto3.client("s3", endpoint_url=url, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
                               region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
         yield url, client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def tripwire(directory: Path) -> Path:

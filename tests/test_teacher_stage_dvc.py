@@ -13,10 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import hashlib
 import json
 import re
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +21,7 @@ import pytest
 import yaml
 
 from helpers.dvc_workspace import make_workspace, run
+from helpers.moto import moto_server
 
 pytestmark = pytest.mark.slow
 
@@ -92,45 +89,22 @@ class Remote:
     endpoint: str | None = None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_s3():
     """moto_server on a free local port with an empty bucket; stopped at the end."""
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in S3_ENV.items():
-                patch.setenv(key, value)
-            import boto3
+    with moto_server() as endpoint, pytest.MonkeyPatch.context() as patch:
+        for key, value in S3_ENV.items():
+            patch.setenv(key, value)
+        import boto3
 
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert server.poll() is None, "moto_server exited"
-                    assert time.monotonic() < deadline, "moto_server did not start"
-                    time.sleep(0.2)
-            client = boto3.client("s3", endpoint_url=endpoint)
-            client.create_bucket(Bucket=BUCKET)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=BUCKET)
 
-            def listing(prefix: str) -> list[str]:
-                pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-                return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        def listing(prefix: str) -> list[str]:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
-            yield Remote(lambda prefix: f"s3://{BUCKET}/{prefix}", listing, endpoint)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        yield Remote(lambda prefix: f"s3://{BUCKET}/{prefix}", listing, endpoint)
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])

@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -142,11 +142,13 @@ class RowStore:
                 handle.truncate(good_end)
         return rows
 
-    def load(self) -> dict[str, dict]:
-        """All finished rows of this config, from every writer's file."""
+    def load(self, accept: Callable[[dict], bool] | None = None) -> dict[str, dict]:
+        """Finished rows of this config from every writer's file; with `accept`, only the rows it accepts
+        (so a stale row in one file cannot shadow a valid one in another)."""
         rows: dict[str, dict] = {}
         for path in sorted(self.directory.glob("rows-*.jsonl")):
-            rows.update(self._load_file(path, repair=path == self.path))
+            found = self._load_file(path, repair=path == self.path)
+            rows.update({k: r for k, r in found.items() if accept is None or accept(r)})
         return rows
 
     def append(self, rows: Iterable[dict]) -> None:

@@ -78,7 +78,7 @@ def run(params, args) -> None:
     by_video = group_by_video(samples)
     digests = {vid: request_digest(group, frames) for vid, group in by_video.items()}
     # finished videos whose inputs are unchanged; failed ones are retried on the next run
-    done = {k: r for k, r in store.load().items() if r.get("input") == digests.get(k)}
+    done = store.load(accept=lambda row: row.get("input") == digests.get(row["key"]))
     errors: dict[str, str] = {}
     todo = [vid for vid in sorted(by_video) if vid not in done]
     batch_size = cfg["batch_size"]

@@ -96,13 +96,7 @@ def _teacher_inputs(batch: list[Sample], frame_store: FrameStore) -> list[Teache
 
 def _valid_rows(store: RowStore, digests: dict[str, str]) -> dict[str, dict]:
     """Finished rows, from every writer's file, whose input digest matches the sample's current one."""
-    store.load()  # drops a torn last line from this writer's own file
-    valid: dict[str, dict] = {}
-    for path in sorted(store.directory.glob("rows-*.jsonl")):
-        for key, row in store._load_file(path, repair=False).items():
-            if key in digests and row.get("input") == digests[key]:
-                valid[key] = row
-    return valid
+    return store.load(accept=lambda row: row["key"] in digests and row.get("input") == digests[row["key"]])
 
 
 def score_samples(

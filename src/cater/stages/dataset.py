@@ -1,6 +1,7 @@
 """Stage `dataset`: raw annotations (+ videos) -> data/samples.jsonl in the normalized schema."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,13 +18,13 @@ def run(params, args) -> None:
     name = cfg.pop("name")
     VIDEOS.mkdir(parents=True, exist_ok=True)
     if name == "shapes":
-        samples = generate(VIDEOS.parent / "videos_tmp", ShapesConfig(**cfg["shapes"], seed=cfg["seed"]))
         # generated into a scratch folder first, so a killed run leaves no half-filled data/videos
-        import shutil
-
+        scratch = VIDEOS.parent / "videos_tmp"
+        shutil.rmtree(scratch, ignore_errors=True)
+        samples = generate(scratch, ShapesConfig(**cfg["shapes"], seed=cfg["seed"]))
         shutil.rmtree(VIDEOS)
-        (VIDEOS.parent / "videos_tmp" / "videos").rename(VIDEOS)
-        shutil.rmtree(VIDEOS.parent / "videos_tmp")
+        (scratch / "videos").rename(VIDEOS)
+        shutil.rmtree(scratch)
         for sample in samples:
             sample.video = str(VIDEOS / Path(sample.video).name)
     else:

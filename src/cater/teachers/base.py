@@ -107,3 +107,21 @@ def resolve_dtype(name: str):
     if name not in DTYPES:
         raise TeacherError(f"dtype {name!r} is not supported (use one of {sorted(DTYPES)})")
     return getattr(torch, DTYPES[name])
+
+
+def letter_token_ids(tokenizer, prompt: str, model_name: str, add_special_tokens: bool = False) -> tuple[int, ...]:
+    """Each option letter's token id in context: `prompt` + ' X' must add exactly one token to `prompt`."""
+    base = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    ids = []
+    for letter in LETTERS:
+        extended = tokenizer(f"{prompt} {letter}", add_special_tokens=add_special_tokens)["input_ids"]
+        if len(extended) != len(base) + 1 or extended[: len(base)] != base:
+            pieces = tokenizer.convert_ids_to_tokens(extended[max(0, len(base) - 1):])
+            raise TeacherError(
+                f"{model_name}: option letter {letter!r} does not encode to exactly one token after the prompt "
+                f"(got {pieces}); cannot read its logit at the answer position"
+            )
+        ids.append(extended[-1])
+    if len(set(ids)) != len(ids):
+        raise TeacherError(f"{model_name}: option letters share token ids {ids}")
+    return tuple(ids)

@@ -40,7 +40,7 @@ import numpy as np
 from cater.data.frames import uniform_indices
 from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block, resolve_device, resolve_dtype,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_token_ids, options_block, resolve_device, resolve_dtype,
 )
 
 BACKENDS = ("idefics", "openflamingo")
@@ -75,24 +75,6 @@ def _question_text(item: TeacherInput, instruction: str) -> str:
         lines.append(f"Subtitles: {item.subtitles.strip()}")
     lines.append(instruction)
     return "\n".join(lines)
-
-
-def letter_token_ids(tokenizer, prompt: str, model_name: str) -> tuple[int, ...]:
-    """Each option letter's token id in context: `prompt` + ' X' must add exactly one token to `prompt`."""
-    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = []
-    for letter in LETTERS:
-        extended = tokenizer(f"{prompt} {letter}", add_special_tokens=False)["input_ids"]
-        if len(extended) != len(base) + 1 or extended[: len(base)] != base:
-            pieces = tokenizer.convert_ids_to_tokens(extended[max(0, len(base) - 1):])
-            raise TeacherError(
-                f"{model_name}: option letter {letter!r} does not encode to exactly one token after "
-                f"{ANSWER_CUE!r} (got {pieces}); cannot read its logit at the answer position"
-            )
-        ids.append(extended[-1])
-    if len(set(ids)) != len(ids):
-        raise TeacherError(f"{model_name}: option letters share token ids {ids}")
-    return tuple(ids)
 
 
 # ----------------------------------------------------------------------------------------------- backends

@@ -22,7 +22,7 @@ import torch
 from cater.data.frames import uniform_indices
 from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block, resolve_device, resolve_dtype,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_token_ids, options_block, resolve_device, resolve_dtype,
 )
 
 MODEL_TYPE = "video_llava"
@@ -137,23 +137,9 @@ class VideoLlavaTeacher(Teacher):
         return f"USER: {self.processor.video_token}\n{body} ASSISTANT:"
 
     def _letter_token_ids(self) -> tuple[int, ...]:
-        """Each letter's token id in context: the prompt plus ' X' must add exactly one token."""
+        """Each letter's token id after the prompt (special tokens as the processor adds them)."""
         probe = TeacherInput("probe", np.zeros((1, 1, 1, 3), np.uint8), "Which option?", list(LETTERS))
-        prompt = self.prompt(probe)
-        base = self.tokenizer(prompt)["input_ids"]
-        ids = []
-        for letter in LETTERS:
-            extended = self.tokenizer(f"{prompt} {letter}")["input_ids"]
-            if len(extended) != len(base) + 1 or extended[: len(base)] != base:
-                pieces = self.tokenizer.convert_ids_to_tokens(extended[len(base) - 1:])
-                raise TeacherError(
-                    f"{self.config.model}: option letter {letter!r} does not encode to exactly one token after the "
-                    f"prompt (got {pieces}); cannot read its logit at the answer position"
-                )
-            ids.append(extended[-1])
-        if len(set(ids)) != len(ids):
-            raise TeacherError(f"{self.config.model}: option letters share token ids {ids}")
-        return tuple(ids)
+        return letter_token_ids(self.tokenizer, self.prompt(probe), self.config.model, add_special_tokens=True)
 
     def _frames(self, item: TeacherInput) -> np.ndarray:
         frames = item.frames

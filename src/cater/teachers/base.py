@@ -125,3 +125,15 @@ def letter_token_ids(tokenizer, prompt: str, model_name: str, add_special_tokens
     if len(set(ids)) != len(ids):
         raise TeacherError(f"{model_name}: option letters share token ids {ids}")
     return tuple(ids)
+
+
+def letter_output(item: TeacherInput, letter_ids, vocab_logits, hidden) -> TeacherOutput:
+    """One sample's output from its next-token logits (torch, [vocab]) and pooled hidden state;
+    non-finite values make the output missing, never a guess."""
+    letters = vocab_logits[list(letter_ids[: len(item.choices)])].numpy().astype(np.float32)
+    hidden = hidden.numpy().astype(np.float32)
+    if not np.isfinite(letters).all():
+        return TeacherOutput(item.id, None, None, None, "non-finite option logits")
+    if not np.isfinite(hidden).all():
+        return TeacherOutput(item.id, None, None, None, "non-finite hidden state")
+    return TeacherOutput(item.id, [float(x) for x in letters], int(np.argmax(letters)), hidden)

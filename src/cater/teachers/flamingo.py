@@ -40,7 +40,7 @@ import numpy as np
 from cater.data.frames import uniform_indices
 from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_token_ids, options_block, resolve_device, resolve_dtype,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_output, letter_token_ids, options_block, resolve_device, resolve_dtype,
 )
 
 BACKENDS = ("idefics", "openflamingo")
@@ -366,13 +366,7 @@ class FlamingoTeacher(Teacher):
         return [self._output(item, logits[row], hidden[row]) for row, item in enumerate(batch)]
 
     def _output(self, item: TeacherInput, vocab_logits, hidden) -> TeacherOutput:
-        letters = vocab_logits[list(self.letter_ids[: len(item.choices)])].numpy().astype(np.float32)
-        hidden = hidden.numpy().astype(np.float32)
-        if not np.isfinite(letters).all():
-            return TeacherOutput(item.id, None, None, None, "non-finite option logits")
-        if not np.isfinite(hidden).all():
-            return TeacherOutput(item.id, None, None, None, "non-finite hidden state")
-        return TeacherOutput(item.id, [float(x) for x in letters], int(np.argmax(letters)), hidden)
+        return letter_output(item, self.letter_ids, vocab_logits, hidden)
 
 
 # ----------------------------------------------------------------------------------------------- tiny models

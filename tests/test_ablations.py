@@ -35,18 +35,26 @@ def with_generators(params: dict, *names: str) -> dict:
 def test_full_grid_dedupes_the_reference_row():
     grid = build_grid(PARAMS, seeds=3)
     teachers = list(PARAMS["teacher"]["models"])
-    assert [g.name for g in grid.groups] == ["prompt", "distill", "teacher"]  # one generator: no generator group
-    per_seed = 4 + 4 + len(teachers) - 2  # the reference row counted once, not in every group
+    # one generator: no generator group
+    assert [g.name for g in grid.groups] == ["prompt", "distill", "teacher", "labels", "labels_none"]
+    # the reference row counted once, not in every group; labels_none at 1.0 is the distill group's `none` row
+    per_seed = 4 + 4 + len(teachers) + 3 + 3 - 4
     assert len(grid.experiments) == 3 * per_seed
     names = [e.name for e in grid.experiments]
     assert len(set(names)) == len(names)
     reference = [e for e in grid.experiments if e.config == grid.reference]
     assert [e.name for e in reference] == ["prompt-event-s0", "prompt-event-s1", "prompt-event-s2"]
-    assert reference[0].rows == [("prompt", "event"), ("distill", "hybrid"), ("teacher", PARAMS["train"]["teacher"])]
+    assert reference[0].rows == [("prompt", "event"), ("distill", "hybrid"), ("teacher", PARAMS["train"]["teacher"]),
+                                 ("labels", "1.0")]
+    scarce = next(e for e in grid.experiments if e.name == "labels_none-0.1-s0")
+    assert scarce.config["train.distill.mode"] == "none" and scarce.config["train.label_fraction"] == "0.1"
+    none_row = next(e for e in grid.experiments if e.name == "distill-none-s0")
+    assert none_row.rows == [("distill", "none"), ("labels_none", "1.0")]
     soft = next(e for e in grid.experiments if e.name == "distill-soft-s2")
     assert soft.set_params() == ["train.prompt_variant=event", "train.distill.mode=soft",
                                  f"train.teacher={PARAMS['train']['teacher']}",
-                                 f"train.prompt_generator={PARAMS['train']['prompt_generator']}", "train.seed=2"]
+                                 f"train.prompt_generator={PARAMS['train']['prompt_generator']}", "train.label_fraction=1.0",
+                                 "train.seed=2"]
     assert {e.name for e in grid.experiments} >= {f"teacher-{t}-s0" for t in teachers if t != PARAMS["train"]["teacher"]}
 
 

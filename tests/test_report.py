@@ -18,10 +18,25 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 TYPES = ("after", "count", "direction", "first")
 
 
-def eval_metrics(accuracy: float, per_type: dict | None = None) -> dict:
+BASELINES = {"majority_letter": {"accuracy": 0.2, "ci95": [0.15, 0.25]},
+             "majority_answer_per_type": {"accuracy": 0.25, "ci95": [0.18, 0.32]}}
+
+
+def ci(accuracy: float, half_width: float) -> list[float]:
+    return [round(accuracy - half_width, 4), round(accuracy + half_width, 4)]
+
+
+def eval_metrics(accuracy: float | None, per_type: dict | None = None, with_ci: bool = True) -> dict:
+    """metrics/eval.json as `cater eval` writes it: CIs ±0.07 overall and ±0.15 per type, and the baselines."""
     per_type = per_type or {t: accuracy for t in TYPES}
-    return {"best_epoch": 3, "test": {"accuracy": accuracy, "chance": 0.2, "n": 152,
-                                      "per_type": {t: {"accuracy": a, "n": 38} for t, a in per_type.items()}}}
+    test = {"accuracy": accuracy, "chance": 0.2, "n": 152,
+            "per_type": {t: {"accuracy": a, "n": 38} for t, a in per_type.items()}}
+    if with_ci and accuracy is not None:
+        test["ci95"] = ci(accuracy, 0.07)
+        test["baselines"] = copy.deepcopy(BASELINES)
+        for t, a in per_type.items():
+            test["per_type"][t].update(ci95=ci(a, 0.15), **copy.deepcopy(BASELINES))
+    return {"best_epoch": 3, "test": test}
 
 
 def params_with(**train) -> dict:
@@ -60,6 +75,12 @@ def show_json() -> list:
     exps.append(experiment("prompt-none-s2", params_with(**{**ref, "prompt_variant": "none"}, seed=2), BASELINE_METRICS, "failed"))
     exps.append(experiment("distill-soft-s0", params_with(**{**ref, "mode": "soft"}, seed=0),
                            eval_metrics(0.55, {"after": 0.4, "count": 0.5, "direction": 0.6, "first": 0.7})))
+    # CIs separate from the reference's, but one seed lies inside the reference's seed range: no claim
+    exps += [experiment(f"distill-hard-s{s}", params_with(**{**ref, "mode": "hard"}, seed=s), eval_metrics(a))
+             for s, a in enumerate((0.1, 0.1, 0.55))]
+    exps.append(experiment("distill-none-s0", params_with(**{**ref, "mode": "none"}, seed=0), eval_metrics(None)))  # no labels
+    exps.append(experiment("teacher-chatunivi-s0", params_with(**{**ref, "teacher": "chatunivi"}, seed=0),
+                           eval_metrics(0.2, with_ci=False)))  # written before eval.json had CIs
     exps.append(experiment("teacher-flamingo-s0", params_with(**{**ref, "teacher": "flamingo"}, seed=0), BASELINE_METRICS, "queued"))
     exps.append(experiment("lr-probe", params_with(**ref, seed=0, lr=0.1), eval_metrics(0.9)))  # not part of the grid
     workspace = {"rev": "workspace", "name": None, "data": commit_data(PARAMS, BASELINE_METRICS, "workspace"),
@@ -87,6 +108,16 @@ def test_summary_statistics_and_failures():
     assert distill["soft"].std is None and distill["soft"].per_type["direction"] == [0.6]
     assert teacher["flamingo"].unfinished == ["teacher-flamingo-s0"] and teacher["flamingo"].mean is None
     assert [r.name for r in unmatched] == ["lr-probe"]
+    # the pooled CI is the mean of the seeds' bounds; the seed range is min/max accuracy
+    assert prompt["event"].ci == pytest.approx((0.53, 0.67)) and prompt["event"].seed_range == (0.5, 0.7)
+    assert prompt["none"].ci == pytest.approx((0.28, 0.42)) and prompt["none"].type_ci("first") == pytest.approx((0.2, 0.5))
+    assert prompt["none"].separates_from(prompt["event"]) is True
+    assert distill["soft"].separates_from(prompt["event"]) is False  # CIs overlap
+    assert distill["hard"].ci == pytest.approx((0.18, 0.32))  # disjoint from [0.53, 0.67] ...
+    assert distill["hard"].separates_from(prompt["event"]) is False  # ... but its 0.55 seed is inside 0.5-0.7
+    assert distill["none"].unlabelled == ["distill-none-s0"] and distill["none"].mean is None
+    assert teacher["chatunivi"].mean == 0.2 and teacher["chatunivi"].ci is None
+    assert teacher["chatunivi"].separates_from(prompt["event"]) is None  # no CI: cannot tell
 
 
 def test_report_markdown_and_charts(tmp_path):
@@ -94,10 +125,30 @@ def test_report_markdown_and_charts(tmp_path):
     path.write_text(json.dumps(show_json()))
     out = write_report(Path("reports/ablations.md"), show_json=path, root=tmp_path)
     text = out.read_text()
-    assert "| none | 2 (1 failed) | 0.350 ± 0.071 | -0.250 | 152 | 0.350 | 0.350 | 0.350 | 0.350 |" in text
-    assert "| **event** (reference) | 3 | 0.600 ± 0.100 | 0 (reference) | 152 |" in text
-    assert "| soft | 1 | 0.550 ± – | -0.050 | 152 | 0.400 | 0.500 | 0.600 | 0.700 |" in text
-    assert "| random | 0 | – | – | – |" in text
+    assert ("| Prompt variant | seeds | test accuracy (mean ± std) | 95% CI | seed range | Δ vs reference "
+            "| CI separates from reference | test n | after | count | direction | first |") in text
+    assert ("| none | 2 (1 failed) | 0.350 ± 0.071 | [0.280, 0.420] | 0.300–0.400 | -0.250 | yes | 152 "
+            "| 0.350 [0.200, 0.500] | 0.350 [0.200, 0.500] | 0.350 [0.200, 0.500] | 0.350 [0.200, 0.500] |") in text
+    assert "| **event** (reference) | 3 | 0.600 ± 0.100 | [0.530, 0.670] | 0.500–0.700 | 0 (reference) | reference | 152 |" in text
+    assert ("| soft | 1 | 0.550 ± – | [0.480, 0.620] | 0.550–0.550 | -0.050 | no | 152 "
+            "| 0.400 [0.250, 0.550] | 0.500 [0.350, 0.650] | 0.600 [0.450, 0.750] | 0.700 [0.550, 0.850] |") in text
+    assert "| hard | 3 | 0.250 ± 0.260 | [0.180, 0.320] | 0.100–0.550 | -0.350 | no | 152 |" in text
+    assert "| none | 0 (1 without test labels) | – | – | – | – | – | – |" in text
+    assert "| chatunivi | 1 | 0.200 ± – | – | 0.200–0.200 | -0.400 | – | 152 | 0.200 | 0.200 |" in text
+    assert "| random | 0 | – | – | – | – | – | – |" in text
+    # the baselines, once, with their CIs; and the header says how the CI column is pooled
+    assert text.count("## Trivial baselines (test split)") == 1
+    assert "| majority letter | 0.200 | [0.150, 0.250] |" in text and "| majority answer per type | 0.250 | [0.180, 0.320] |" in text
+    assert "| chance (mean 1/options) | 0.200 | – |" in text
+    assert "mean over seeds of those lower and upper bounds" in text
+    # the prose claims differences only where the CIs separate
+    assert "Below the reference `event` (CIs separate): `none`." in text
+    claims = [line for line in text.splitlines() if line.startswith(("Above the reference", "Below the reference"))]
+    assert not any("`soft`" in line or "`hard`" in line for line in claims), claims
+    assert "Not distinguishable from the reference `hybrid` (CIs overlap, or seeds on both sides; no difference is claimed): `hard`, `soft`." in text
+    assert "Above the best trivial baseline (majority answer per type, CIs separate): `event`." in text
+    assert "Not distinguishable from the best trivial baseline (majority answer per type): `none`." in text
+    assert "so no comparison is made: `chatunivi`." in text
     assert "## Failed experiments" in text and "- `prompt-none-s2`" in text
     assert "`lr-probe`" in text and "0.99" not in text and "0.900" not in text
     for group in ("prompt", "distill", "teacher"):
@@ -112,7 +163,7 @@ def test_generator_group_only_with_several_generators(tmp_path):
     show[1]["data"]["params"]["params.yaml"]["data"]["prompts"]["generators"]["vicuna"] = {"backend": "annotations"}
     baseline = read_show_json(show)
     tables, _ = summarize(build_grid(baseline.params, 1), baseline)
-    assert [t.group.name for t in tables] == ["prompt", "distill", "teacher", "generator"]
+    assert [t.group.name for t in tables] == ["prompt", "distill", "teacher", "generator", "labels", "labels_none"]
     assert rows(tables, "generator")["annotations"].reference
 
 

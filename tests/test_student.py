@@ -1,7 +1,8 @@
-"""The CaTeR student: shapes, masking, the CLS-only shortcut, prompt gating, gradient flow."""
+"""The CaTeR student: the seed-faithful default, shapes, masking, the CLS-only shortcut, prompt gating, gradient flow."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,15 +35,20 @@ def make_inputs(seed: int = 0, with_prompts: bool = True) -> dict[str, torch.Ten
 def student(seed: int = 0, gate: float | None = 1.0, **options) -> CaTeRStudent:
     torch.manual_seed(seed)
     model = CaTeRStudent(StudentConfig(embed_dim=D, num_frames=T, **options)).eval()
-    if gate is not None:  # the gates start at 0 (identity); open them so the prompts matter
+    if gate is not None and model.config.fusion == "gated":  # gates start at 0 (identity); open them
         with torch.no_grad():
             for block in model.cross:
                 block.gate.fill_(gate)
     return model
 
 
+def gated(**options) -> CaTeRStudent:
+    """This project's earlier variant: gated fusion, CLS pooling, residual temporal head."""
+    return student(fusion="gated", frame_pool="cls", temporal_head="residual", **options)
+
+
 def with_temporal_voice(model: CaTeRStudent) -> CaTeRStudent:
-    """The temporal branch's output layer starts at zero; give it weights so the branch counts."""
+    """The residual temporal head's output layer starts at zero; give it weights so the branch counts."""
     with torch.no_grad():
         torch.nn.init.normal_(model.temporal_out.weight, std=0.2)
     return model
@@ -53,7 +59,8 @@ def run(model, inputs):
                  inputs["choices"], inputs["choice_mask"], inputs["question"])
 
 
-@pytest.mark.parametrize("options", [{}, {"frame_pool": "mean"}, {"frame_pool": "attention"},
+@pytest.mark.parametrize("options", [{}, {"frame_pool": "patches"}, {"frame_pool": "attention"}, {"frame_pool": "cls"},
+                                     {"fusion": "gated", "temporal_head": "residual"},
                                      {"question_conditioning": True, "text_head": True, "cross_layers": 2}])
 def test_output_shapes_and_masking(options):
     inputs = make_inputs()
@@ -89,7 +96,7 @@ def manual_video(model: CaTeRStudent, x: dict) -> torch.Tensor:
 
 @pytest.mark.parametrize("cross_layers", [1, 2])
 def test_cls_only_shortcut_equals_full_computation(cross_layers):
-    model = with_temporal_voice(student(cross_layers=cross_layers))
+    model = with_temporal_voice(gated(cross_layers=cross_layers))
     x = make_inputs()
     _, video = run(model, x)
     torch.testing.assert_close(video, manual_video(model, x), atol=1e-5, rtol=1e-5)
@@ -124,8 +131,8 @@ def test_no_prompt_anywhere_equals_no_prompt_input_even_with_all_padding():
     torch.testing.assert_close(video, plain, atol=1e-6, rtol=0)
 
 
-def test_gradients_reach_the_cross_attention_after_one_step():
-    model = student(gate=None).train()
+def test_gated_fusion_gradients_reach_the_cross_attention_after_one_step():
+    model = gated(gate=None).train()
     assert float(model.cross[0].gate.detach()) == 0.0
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     x = make_inputs()
@@ -152,9 +159,9 @@ def test_gradients_reach_the_cross_attention_after_one_step():
 def test_question_conditioning_uses_the_question():
     x = make_inputs()
     shifted = {**x, "question": x["question"] + 1.0}
-    model = with_temporal_voice(student(question_conditioning=True))
+    model = student(question_conditioning=True)
     assert (run(model, x)[1] - run(model, shifted)[1]).abs().max() > 1e-5
-    plain = with_temporal_voice(student())
+    plain = student()
     torch.testing.assert_close(run(plain, x)[1], run(plain, shifted)[1], atol=0, rtol=0)  # without it, ignored
 
 
@@ -163,3 +170,70 @@ def test_config_checks():
         StudentConfig(frame_pool="max")
     with pytest.raises(ValueError, match="heads"):
         StudentConfig(embed_dim=64, heads=5)
+    with pytest.raises(ValueError, match="temporal_heads"):
+        StudentConfig(embed_dim=64, temporal_heads=3)
+    with pytest.raises(ValueError, match="fusion"):
+        StudentConfig(fusion="sum")
+    with pytest.raises(ValueError, match="temporal_head"):
+        StudentConfig(temporal_head="max")
+
+
+def params_student() -> CaTeRStudent:
+    """The student exactly as params.yaml configures it (the demo's defaults)."""
+    import yaml
+
+    section = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]["student"]
+    torch.manual_seed(0)
+    return CaTeRStudent(StudentConfig(embed_dim=D, num_frames=T, **section)).eval()
+
+
+@pytest.mark.parametrize("build", [lambda: student(), params_student], ids=["dataclass-defaults", "params.yaml"])
+def test_default_video_vector_reads_the_patches(build):
+    """The recipe: every visual token attends to the prompt and the frame vector is the mean over all of them."""
+    model = build()
+    x = make_inputs()
+    _, base = run(model, x)
+    noisy = {**x, "patches": x["patches"] + 100 * torch.randn_like(x["patches"])}
+    _, moved = run(model, noisy)
+    assert (moved - base).abs().max() > 1e-3
+    one_patch = x["patches"].clone()
+    one_patch[0, 0, 3] += torch.randn(D)  # a single patch token of one frame of sample 0 (not a constant: LayerNorm removes those)
+    _, nudged = run(model, {**x, "patches": one_patch})
+    assert (nudged[0] - base[0]).abs().max() > 1e-5
+    torch.testing.assert_close(nudged[1:], base[1:], atol=0, rtol=0)
+
+
+def seed_reference_logits(model: CaTeRStudent, x: dict) -> torch.Tensor:
+    """The seed's CaTeRMini forward, written out from its description, on the module's own weights."""
+    b, t, p, d = x["patches"].shape
+    block = model.cross[0]
+    visual = torch.cat([x["cls"][:, :, None], x["patches"]], dim=2).reshape(b * t, p + 1, d)
+    prompt = block.norm_kv(x["prompt_tokens"].reshape(b * t, -1, d))
+    attended = block.attn(block.norm_q(visual), prompt, prompt, key_padding_mask=x["prompt_pad"].reshape(b * t, -1),
+                          need_weights=False)[0]
+    fused = block.norm_out(visual + attended)  # eval mode: dropout is the identity
+    frames = fused.mean(dim=1).reshape(b, t, d) + model.time_embed[:, 1 : t + 1]
+    video = model.temporal_norm(model.temporal(frames)).mean(dim=1)
+    cos = torch.einsum("bd,bcd->bc", F.normalize(video, dim=-1), F.normalize(x["choices"], dim=-1))
+    return model.logit_scale.exp() * cos
+
+
+def test_default_equals_the_seed_forward():
+    model = student()
+    x = make_inputs()
+    x["has_prompt"][:] = True  # the seed has no frames without a prompt
+    logits, _ = run(model, x)
+    reference = seed_reference_logits(model, x)
+    mask = x["choice_mask"]
+    torch.testing.assert_close(logits[mask], reference[mask], atol=1e-4, rtol=1e-5)
+    assert isinstance(model.cross[0].attn, torch.nn.MultiheadAttention) and model.cross[0].attn.num_heads == 8
+    assert model.temporal.layers[0].self_attn.num_heads == 4 and len(model.temporal.layers) == 2
+
+
+def test_raw_cosine_scoring_as_in_the_seed():
+    model = student(logit_scale_init=1.0, learn_logit_scale=False)
+    assert not model.logit_scale.requires_grad
+    x = make_inputs()
+    logits, video = run(model, x)
+    cos = torch.einsum("bd,bcd->bc", F.normalize(video, dim=-1), F.normalize(x["choices"], dim=-1))
+    torch.testing.assert_close(logits[x["choice_mask"]], cos[x["choice_mask"]])

@@ -12,7 +12,9 @@ import io
 import pytest
 import yaml
 
-from cater.commands.verify import DATA_REASON, KNOWN_REASONS, compare_locks, main
+from cater.commands import verify as verify_module
+from cater.commands.verify import (DATA_REASON, KNOWN_REASONS, STALE, StageResult, Verification, check_metrics,
+                                   compare_locks, compare_metrics, format_verification, main)
 from helpers.dvc_workspace import make_workspace, run
 
 
@@ -66,13 +68,108 @@ def test_data_stage_difference_and_stale_lock():
     reproduced = edited(LOCK, "dataset", "outs", "data/samples.jsonl", "s2")
     results = by_stage(compare_locks(LOCK, reproduced))
     assert results["dataset"].data_stage and results["dataset"].reason == DATA_REASON
+    assert results["dataset"].counted and not results["dataset"].stale
+    # the committed lock is stale: the committed features.py is not the one the lock records
     stale = edited(LOCK, "features", "deps", "src/cater/features.py", "c2")
     stale = edited(stale, "features", "outs", "data/features", "x2.dir")
-    reason = by_stage(compare_locks(LOCK, stale))["features"].reason
-    assert reason == "a dependency changed: src/cater/features.py (source; the committed dvc.lock is out of date)"
+    stale = edited(stale, "train", "deps", "data/features", "x2.dir")
+    stale = edited(stale, "train", "outs", "models/student.pt", "m2")
+    results = by_stage(compare_locks(LOCK, stale))
+    assert results["features"].stale and results["features"].reason == f"{STALE}: src/cater/features.py changed"
+    # a stage fed by a stale stage is stale too: its committed outputs came from other inputs
+    assert results["train"].stale and results["train"].reason == f"{STALE}: upstream stage features is stale"
+    assert not results["frames"].stale and results["frames"].identical
     params = copy.deepcopy(reproduced)
     params["stages"]["dataset"]["params"]["params.yaml"]["dataset"] = {"seed": 1}
-    assert by_stage(compare_locks(LOCK, params))["dataset"].reason == "a dependency changed: param params.yaml:dataset"
+    results = by_stage(compare_locks(LOCK, params))
+    assert results["dataset"].reason == f"{STALE}: param params.yaml:dataset"
+    assert results["dataset"].stale and not results["dataset"].counted  # a stale data stage is not a difference
+    # a stale entry whose outputs did not change is still identical, and says it is stale
+    refactor = edited(LOCK, "features", "deps", "src/cater/features.py", "c3")
+    features = by_stage(compare_locks(LOCK, refactor))["features"]
+    assert features.identical and features.stale
+    new_command = copy.deepcopy(LOCK)
+    new_command["stages"]["train"]["cmd"] = "cater train --fast"
+    assert by_stage(compare_locks(LOCK, new_command))["train"].reason == f"{STALE}: its command"
+
+
+def eval_json(test: float | None, ci: list | None, val: float = 0.5) -> dict:
+    test_block = {"accuracy": test, "n": 152 if test is not None else 0}
+    if ci is not None:
+        test_block["ci95"] = ci
+    return {"best_epoch": 3, "test": test_block, "val": {"accuracy": val, "ci95": [val - 0.08, val + 0.08], "n": 152}}
+
+
+COMMITTED = eval_json(0.3553, [0.2829, 0.4276])
+
+
+def test_reproduced_accuracy_inside_the_committed_ci_passes():
+    check = compare_metrics(COMMITTED, eval_json(0.3421, [0.27, 0.41]))
+    assert check.split == "test" and check.within and not check.failed
+    assert check.difference == pytest.approx(-0.0132)
+    assert compare_metrics(COMMITTED, COMMITTED).within  # the same number
+
+
+def test_reproduced_accuracy_outside_the_committed_ci_fails():
+    check = compare_metrics(COMMITTED, eval_json(0.2500, [0.18, 0.32]))
+    assert check.within is False and check.failed
+    assert compare_metrics(COMMITTED, eval_json(0.4300, None)).failed  # above the CI is a change too
+    assert not compare_metrics(COMMITTED, eval_json(0.2500, None), stale=True).failed  # stale lock: not counted
+
+
+def test_numbers_that_cannot_be_checked():
+    old = eval_json(0.3553, None)  # written before eval.json had CIs
+    assert compare_metrics(old, eval_json(0.3553, None)).within and not compare_metrics(old, eval_json(0.3553, None)).failed
+    check = compare_metrics(old, eval_json(0.34, None))
+    assert check.failed and "no test.ci95" in check.problem
+    assert compare_metrics(None, COMMITTED).failed
+    # TVQA's test_public has no labels: the validation split is compared instead
+    check = compare_metrics(eval_json(None, None, val=0.5), eval_json(None, None, val=0.45))
+    assert check.split == "val" and check.within and check.ci95 == (0.42, 0.58)
+
+
+def eval_stage(identical: bool, stale: bool = False) -> StageResult:
+    return StageResult("eval", identical, [] if identical else ["metrics/eval.json"], KNOWN_REASONS["eval"], stale=stale)
+
+
+def test_verify_exits_non_zero_on_a_numerical_regression(monkeypatch):
+    """The whole command, with the reproduction replaced by its outcome: a float stage differs, and
+    the reproduced test accuracy falls outside the committed 95% CI."""
+    features = StageResult("features", False, ["data/features"], KNOWN_REASONS["features"])
+    results = [StageResult("dataset", True), features, eval_stage(False)]
+    regression = Verification(results, check_metrics(results, COMMITTED, eval_json(0.25, [0.18, 0.32])))
+    monkeypatch.setattr(verify_module, "verify", lambda *args, **kwargs: regression)
+    code, text = verify_cli([])
+    assert code == 1, text
+    assert ("eval test accuracy       committed 0.3553, reproduced 0.2500, difference -0.1053; "
+            "tolerance: the committed 95% CI [0.2829, 0.4276] (-0.0724 / +0.0723): OUTSIDE the committed 95% CI") in text
+    assert "error: numerical regression: the reproduced test accuracy 0.2500 is outside" in text
+    # the same float differences, with the accuracy inside the CI: verified
+    fine = Verification(results, check_metrics(results, COMMITTED, eval_json(0.3421, [0.27, 0.41])))
+    monkeypatch.setattr(verify_module, "verify", lambda *args, **kwargs: fine)
+    code, text = verify_cli([])
+    assert code == 0, text
+    assert "difference -0.0132" in text and ": within the CI" in text
+    assert "features                 DIFFERENT (model stage) [data/features]" in text
+
+
+def test_stale_stages_are_reported_and_not_counted():
+    lock = copy.deepcopy(LOCK)
+    lock["stages"]["eval"] = stage({"models/student.pt": "m1", "src/cater/stages/evaluate.py": "e1"}, {"metrics/eval.json": "e1"})
+    reproduced = edited(lock, "eval", "deps", "src/cater/stages/evaluate.py", "e2")  # code changed, lock not refreshed
+    reproduced = edited(reproduced, "eval", "outs", "metrics/eval.json", "e2")
+    results = compare_locks(lock, reproduced)
+    verification = Verification(results, check_metrics(results, COMMITTED, eval_json(0.25, [0.18, 0.32])))
+    assert verification.metrics.stale and verification.exit_code == 0
+    text = format_verification(verification)
+    assert "eval                     STALE IN DVC.LOCK (model stage) [metrics/eval.json]" in text
+    assert f"reason: {STALE}: src/cater/stages/evaluate.py changed" in text
+    assert "OUTSIDE the committed 95% CI" in text and "not counted" in text
+    assert "1 stage(s) stale in dvc.lock, not counted: eval" in text
+    # a data stage that differs without being stale still fails
+    data = edited(reproduced, "dataset", "outs", "data/samples.jsonl", "s2")
+    results = compare_locks(lock, data)
+    assert Verification(results, check_metrics(results, COMMITTED, COMMITTED)).exit_code == 1
 
 
 @pytest.fixture(scope="module")

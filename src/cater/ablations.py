@@ -32,9 +32,12 @@ PROMPT_AXIS = "train.prompt_variant"
 DISTILL_AXIS = "train.distill.mode"
 TEACHER_AXIS = "train.teacher"
 GENERATOR_AXIS = "train.prompt_generator"
+LABEL_AXIS = "train.label_fraction"
 SEED_KEY = "train.seed"
-AXES = (PROMPT_AXIS, DISTILL_AXIS, TEACHER_AXIS, GENERATOR_AXIS)
-GROUP_ORDER = ("prompt", "distill", "teacher", "generator")
+AXES = (PROMPT_AXIS, DISTILL_AXIS, TEACHER_AXIS, GENERATOR_AXIS, LABEL_AXIS)
+GROUP_ORDER = ("prompt", "distill", "teacher", "generator", "labels", "labels_none")
+# the label-scarce setting, where distillation classically pays: labels on this fraction of train, teachers on all of it
+LABEL_FRACTIONS = ("0.1", "0.25", "1.0")
 EXPERIMENT_STAGES = ("train", "eval")  # the stages a queued experiment is expected to run
 EVAL_METRICS = "metrics/eval.json"
 SETTINGS_KEYS = {"seeds", "jobs", "groups"}
@@ -48,10 +51,14 @@ class AblationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Group:
-    name: str       # prompt | distill | teacher | generator
+    name: str       # prompt | distill | teacher | generator | labels | labels_none
     axis: str       # the dotted params key this group varies
     values: tuple[str, ...]
     title: str
+    fixed: tuple[tuple[str, str], ...] = ()  # other axes this group sets away from the reference
+
+    def config(self, reference: dict[str, str], value: str) -> dict[str, str]:
+        return {**reference, **dict(self.fixed), self.axis: value}
 
 
 @dataclass
@@ -73,7 +80,7 @@ class Grid:
     experiments: list[Experiment]
 
     def row_config(self, group: Group, value: str) -> dict[str, str]:
-        return {**self.reference, group.axis: value}
+        return group.config(self.reference, value)
 
 
 @dataclass
@@ -103,17 +110,20 @@ def available_groups(params: dict) -> dict[str, Group]:
     }
     if len(generators) > 1:
         groups["generator"] = Group("generator", GENERATOR_AXIS, generators, "Prompt generator")
+    groups["labels"] = Group("labels", LABEL_AXIS, LABEL_FRACTIONS, "Label fraction, hybrid distillation")
+    groups["labels_none"] = Group("labels_none", LABEL_AXIS, LABEL_FRACTIONS, "Label fraction, no distillation",
+                                  fixed=((DISTILL_AXIS, "none"),))
     return groups
 
 
 def reference_config(params: dict) -> dict[str, str]:
-    """Event prompts, hybrid distillation, and the teacher and generator that params.yaml names."""
+    """Event prompts, hybrid distillation, all labels, and the teacher and generator that params.yaml names."""
     train = params.get("train", {})
     missing = [key for key in ("teacher", "prompt_generator") if key not in train]
     if missing:
         raise AblationError(f"params.yaml: train.{missing[0]} is missing (the reference row needs it)")
     return {PROMPT_AXIS: "event", DISTILL_AXIS: "hybrid", TEACHER_AXIS: str(train["teacher"]),
-            GENERATOR_AXIS: str(train["prompt_generator"])}
+            GENERATOR_AXIS: str(train["prompt_generator"]), LABEL_AXIS: "1.0"}
 
 
 def read_settings(params: dict, source: str = "params.yaml") -> Settings:
@@ -171,7 +181,7 @@ def build_grid(params: dict, seeds: int, groups: dict[str, list[str] | None] | N
             bad = [v for v in values if v not in group.values]
             if bad:
                 raise AblationError(f"group {name}: unknown value {bad[0]!r}; allowed: {', '.join(group.values)}")
-            group = Group(group.name, group.axis, tuple(values), group.title)
+            group = Group(group.name, group.axis, tuple(values), group.title, group.fixed)
         if not group.values:
             raise AblationError(f"group {name} has no values")
         selected.append(group)
@@ -181,7 +191,7 @@ def build_grid(params: dict, seeds: int, groups: dict[str, list[str] | None] | N
     for seed in range(seeds):
         for group in selected:
             for value in group.values:
-                config = {**reference, group.axis: value}
+                config = group.config(reference, value)
                 key = (tuple(config[a] for a in AXES), seed)
                 if key not in by_key:
                     by_key[key] = Experiment(f"{group.name}-{_safe(value)}-s{seed}", config, seed)
@@ -574,11 +584,15 @@ class Row:
     reference: bool
     seeds: list[int] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
+    cis: list[tuple[float, float] | None] = field(default_factory=list)   # per seed: the test accuracy's 95% CI
     n: set = field(default_factory=set)
     chance: list[float] = field(default_factory=list)
     per_type: dict[str, list[float]] = field(default_factory=dict)
+    per_type_cis: dict[str, list[tuple[float, float] | None]] = field(default_factory=dict)
+    baselines: list[dict] = field(default_factory=list)  # per seed: eval.json's test.baselines
     failed: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)  # succeeded, but the test split has no labels
 
     @property
     def mean(self) -> float | None:
@@ -593,11 +607,46 @@ class Row:
         mean = self.mean
         return math.sqrt(sum((a - mean) ** 2 for a in self.accuracies) / (k - 1))
 
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """The pooled 95% CI: the mean over seeds of each seed's CI bounds (None if a seed has no CI)."""
+        return _mean_ci(self.cis)
+
+    @property
+    def seed_range(self) -> tuple[float, float] | None:
+        return (min(self.accuracies), max(self.accuracies)) if self.accuracies else None
+
+    def type_ci(self, qtype: str) -> tuple[float, float] | None:
+        return _mean_ci(self.per_type_cis.get(qtype, []))
+
+    def separates_from(self, other: "Row | None") -> bool | None:
+        """True when this row's pooled CI and `other`'s are disjoint and every seed of one row is above
+        every seed of the other; None when either row lacks results or CIs."""
+        if other is None or self.ci is None or other.ci is None:
+            return None
+        cis_apart = self.ci[0] > other.ci[1] or self.ci[1] < other.ci[0]
+        (lo, hi), (other_lo, other_hi) = self.seed_range, other.seed_range
+        return cis_apart and (lo > other_hi or hi < other_lo)
+
+
+def _mean_ci(cis: list) -> tuple[float, float] | None:
+    if not cis or any(ci is None for ci in cis):
+        return None
+    return sum(ci[0] for ci in cis) / len(cis), sum(ci[1] for ci in cis) / len(cis)
+
+
+def _ci_of(block: dict) -> tuple[float, float] | None:
+    ci = block.get("ci95")
+    return (float(ci[0]), float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
+
 
 @dataclass
 class Table:
     group: Group
     rows: list[Row]
+
+    def reference_row(self) -> Row | None:
+        return next((r for r in self.rows if r.reference), None)
 
 
 def _without(params: dict, keys: Iterable[str]) -> dict:
@@ -634,7 +683,11 @@ def summarize(grid: Grid, baseline: Baseline) -> tuple[list[Table], list[ExpReco
             unmatched.append(record)
             continue
         if record.state == "success" and record.test is not None:
-            chosen[(config, seed)] = record  # the newest run of a configuration and seed wins
+            if record.test.get("accuracy") is None:  # e.g. TVQA test_public: no labels, nothing to average
+                for row in rows_by_config[config]:
+                    row.unlabelled.append(record.name)
+            else:
+                chosen[(config, seed)] = record  # the newest run of a configuration and seed wins
         elif record.state == "failed":
             for row in rows_by_config[config]:
                 row.failed.append(record.name)
@@ -642,15 +695,20 @@ def summarize(grid: Grid, baseline: Baseline) -> tuple[list[Table], list[ExpReco
             for row in rows_by_config[config]:
                 row.unfinished.append(record.name)
     for (config, seed), record in sorted(chosen.items(), key=lambda kv: kv[0][1]):
+        test = record.test
         for row in rows_by_config[config]:
             row.seeds.append(seed)
-            row.accuracies.append(float(record.test["accuracy"]))
-            row.n.add(record.test.get("n"))
-            if record.test.get("chance") is not None:
-                row.chance.append(float(record.test["chance"]))
-            for qtype, value in (record.test.get("per_type") or {}).items():
+            row.accuracies.append(float(test["accuracy"]))
+            row.cis.append(_ci_of(test))
+            row.n.add(test.get("n"))
+            if test.get("chance") is not None:
+                row.chance.append(float(test["chance"]))
+            if test.get("baselines"):
+                row.baselines.append(test["baselines"])
+            for qtype, value in (test.get("per_type") or {}).items():
                 if value.get("accuracy") is not None:
                     row.per_type.setdefault(qtype, []).append(float(value["accuracy"]))
+                    row.per_type_cis.setdefault(qtype, []).append(_ci_of(value))
     return tables, unmatched
 
 
@@ -660,25 +718,126 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
-def render_table(table: Table, reference_mean: float | None) -> str:
+def _fmt_ci(ci: tuple[float, float] | None) -> str:
+    return "–" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+SEPARATES = {True: "yes", False: "no", None: "–"}
+
+
+def render_table(table: Table, reference: "Row | float | None") -> str:
+    """The group's markdown table. `reference` is the reference row (a float, the old reference mean,
+    still gives Δ but no CI comparison); the group's own reference row is preferred when it has one."""
+    own = table.reference_row()
+    if own is not None and own.mean is not None:
+        reference = own
+    reference_row = reference if isinstance(reference, Row) else None
+    reference_mean = reference_row.mean if reference_row is not None else reference
     types = sorted({t for row in table.rows for t in row.per_type})
-    header = [table.group.title, "seeds", "test accuracy (mean ± std)", "Δ vs reference", "test n"] + types
+    header = [table.group.title, "seeds", "test accuracy (mean ± std)", "95% CI", "seed range", "Δ vs reference",
+              "CI separates from reference", "test n"] + types
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in table.rows:
         label = f"**{row.value}** (reference)" if row.reference else row.value
         accuracy = "–" if row.mean is None else f"{row.mean:.3f} ± {_fmt(row.std)}"
         delta = None if row.mean is None or reference_mean is None else row.mean - reference_mean
         seeds = str(len(row.seeds)) + (f" ({len(row.failed)} failed)" if row.failed else "") + (
-            f" ({len(row.unfinished)} unfinished)" if row.unfinished else "")
+            f" ({len(row.unfinished)} unfinished)" if row.unfinished else "") + (
+            f" ({len(row.unlabelled)} without test labels)" if row.unlabelled else "")
         n = "/".join(str(v) for v in sorted(row.n, key=str)) or "–"
-        cells = [label, seeds, accuracy, "0 (reference)" if row.reference and row.mean is not None else _fmt(delta, True), n]
-        cells += [_fmt(sum(row.per_type[t]) / len(row.per_type[t])) if row.per_type.get(t) else "–" for t in types]
+        seed_range = "–" if row.seed_range is None else f"{row.seed_range[0]:.3f}–{row.seed_range[1]:.3f}"
+        if row.reference and row.mean is not None:
+            delta_cell, separates = "0 (reference)", "reference"
+        else:
+            delta_cell = _fmt(delta, True)
+            separates = "–" if row.mean is None else SEPARATES[row.separates_from(reference_row)]
+        cells = [label, seeds, accuracy, _fmt_ci(row.ci), seed_range, delta_cell, separates, n]
+        for t in types:
+            if not row.per_type.get(t):
+                cells.append("–")
+                continue
+            ci = row.type_ci(t)
+            cells.append(_fmt(sum(row.per_type[t]) / len(row.per_type[t])) + ("" if ci is None else " " + _fmt_ci(ci)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def render_chart(table: Table, path: Path) -> None:
-    """A bar chart of mean test accuracy with ± std error bars (Agg backend: no display, no JS)."""
+def _names(rows: list[Row]) -> str:
+    return ", ".join(f"`{r.value}`" for r in rows)
+
+
+def conclusions(table: Table, reference: Row | None, baselines: dict[str, dict] | None = None) -> list[str]:
+    """What the table allows one to say: a difference only where the CIs separate (see `Row.separates_from`)."""
+    own = table.reference_row()
+    if own is not None and own.mean is not None:
+        reference = own
+    rows = [r for r in table.rows if r.mean is not None and r is not reference and not r.reference]
+    if reference is None or reference.ci is None or not rows:
+        return []
+    above = [r for r in rows if r.separates_from(reference) and r.mean > reference.mean]
+    below = [r for r in rows if r.separates_from(reference) and r.mean < reference.mean]
+    no_ci = [r for r in rows if r.ci is None]
+    unclear = [r for r in rows if r not in above and r not in below and r not in no_ci]
+    lines = []
+    if above:
+        lines.append(f"Above the reference `{reference.value}` (CIs separate): {_names(above)}.")
+    if below:
+        lines.append(f"Below the reference `{reference.value}` (CIs separate): {_names(below)}.")
+    if unclear:
+        lines.append(f"Not distinguishable from the reference `{reference.value}` (CIs overlap, or seeds on both sides; "
+                     f"no difference is claimed): {_names(unclear)}.")
+    if no_ci:
+        lines.append(f"No CI recorded (metrics/eval.json from before CIs: re-run these experiments), "
+                     f"so no comparison is made: {_names(no_ci)}.")
+    best = _best_baseline(baselines)
+    if best is not None:
+        name, ci = best
+        beaten = [r for r in [reference] + rows if r.ci is not None and r.ci[0] > ci[1]]
+        not_beaten = [r for r in [reference] + rows if r.ci is not None and r not in beaten]
+        if beaten:
+            lines.append(f"Above the best trivial baseline ({BASELINE_TITLES[name]}, CIs separate): {_names(beaten)}.")
+        if not_beaten:
+            lines.append(f"Not distinguishable from the best trivial baseline ({BASELINE_TITLES[name]}): {_names(not_beaten)}.")
+    return lines
+
+
+BASELINE_TITLES = {"majority_letter": "majority letter", "majority_answer_per_type": "majority answer per type"}
+
+
+def report_baselines(tables: list[Table]) -> tuple[dict[str, dict] | None, int]:
+    """The trivial baselines of the test split (eval.json's test.baselines; they depend on the data only,
+    so every experiment has the same ones). Returns the reference row's first seed's (else any row's)
+    and how many distinct versions the experiments have."""
+    rows = sorted((r for t in tables for r in t.rows if r.baselines), key=lambda r: not r.reference)
+    distinct = {json.dumps(b, sort_keys=True) for r in rows for b in r.baselines}
+    return (rows[0].baselines[0] if rows else None), len(distinct)
+
+
+def _best_baseline(baselines: dict[str, dict] | None) -> tuple[str, tuple[float, float]] | None:
+    candidates = [(name, _ci_of(b), b.get("accuracy")) for name, b in (baselines or {}).items() if name in BASELINE_TITLES]
+    candidates = [(name, ci, acc) for name, ci, acc in candidates if ci is not None and acc is not None]
+    if not candidates:
+        return None
+    name, ci, _ = max(candidates, key=lambda c: c[2])
+    return name, ci
+
+
+def render_baselines(baselines: dict[str, dict], chance: float | None, distinct: int) -> list[str]:
+    lines = ["| baseline | test accuracy | 95% CI |", "|---|---:|---:|"]
+    if chance is not None:
+        lines.append(f"| chance (mean 1/options) | {chance:.3f} | – |")
+    for name, title in BASELINE_TITLES.items():
+        if name in baselines:
+            lines.append(f"| {title} | {_fmt(baselines[name].get('accuracy'))} | {_fmt_ci(_ci_of(baselines[name]))} |")
+    if distinct > 1:
+        lines += ["", f"Note: the experiments report {distinct} different sets of baselines (their test data differ); "
+                      "shown: the reference row's."]
+    return lines
+
+
+def render_chart(table: Table, path: Path, baselines: dict[str, dict] | None = None) -> None:
+    """A bar chart of mean test accuracy with 95% CI error bars (± std where a row has no CI), chance
+    and the trivial baselines as lines (Agg backend: no display, no JS)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -690,14 +849,21 @@ def render_chart(table: Table, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * max(len(rows), 1), 3.2), dpi=110)
     try:
         x = range(len(rows))
-        ax.bar(x, [r.mean for r in rows], yerr=[r.std or 0.0 for r in rows], capsize=4,
+        below = [r.mean - r.ci[0] if r.ci else (r.std or 0.0) for r in rows]
+        above = [r.ci[1] - r.mean if r.ci else (r.std or 0.0) for r in rows]
+        ax.bar(x, [r.mean for r in rows], yerr=[below, above], capsize=4,
                color=["#d95f02" if r.reference else "#1b9e77" for r in rows])
         ax.set_xticks(list(x), [r.value for r in rows], rotation=20 if len(rows) > 4 else 0)
         chance = [c for r in rows for c in r.chance]
         if chance:
             ax.axhline(sum(chance) / len(chance), color="grey", linestyle="--", linewidth=1, label="chance")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_ylabel("test accuracy")
+        for (name, title), style in zip(BASELINE_TITLES.items(), (":", "-.")):
+            value = ((baselines or {}).get(name) or {}).get("accuracy")
+            if value is not None:
+                ax.axhline(value, color="black", linestyle=style, linewidth=1, label=title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize=7)
+        ax.set_ylabel("test accuracy (95% CI)")
         ax.set_ylim(0, 1)
         ax.set_title(f"{table.group.title} ({table.group.axis})", fontsize=10)
         fig.tight_layout()
@@ -713,8 +879,9 @@ def build_report(grid: Grid, baseline: Baseline, out: Path, compare_command: str
 
     tables, unmatched = summarize(grid, baseline)
     reference = next((r for t in tables for r in t.rows if r.reference and r.mean is not None), None)
-    reference_mean = reference.mean if reference else None
-    ref = grid.reference
+    baselines, distinct = report_baselines(tables)
+    chance = [c for t in tables for r in t.rows for c in r.chance]
+    reference_text = ", ".join(f"`{axis}={value}`" for axis, value in grid.reference.items())
     lines = [
         "# Ablations",
         "",
@@ -722,17 +889,35 @@ def build_report(grid: Grid, baseline: Baseline, out: Path, compare_command: str
         f"Generated by `cater report` from `dvc exp show --json`; only experiments that succeeded are counted "
         "(a failed experiment is listed there with its baseline's metrics, which are ignored).",
         "",
-        f"Reference row: prompts `{ref[PROMPT_AXIS]}`, distillation `{ref[DISTILL_AXIS]}`, teacher `{ref[TEACHER_AXIS]}`, "
-        f"prompt generator `{ref[GENERATOR_AXIS]}`; it is run once per seed and shared by every group. "
+        f"Reference row: {reference_text}; it is run once per seed and shared by every group. "
         "Accuracy is the mean over seeds (`train.seed`) ± the sample standard deviation; Δ is the difference of means "
-        "from the reference row; the per-type columns are mean accuracies per question type.",
+        "from the reference row.",
+        "",
+        "**95% CI**: each seed's `metrics/eval.json` has a 95% percentile-bootstrap CI of its test accuracy that "
+        "resamples videos (questions about one video are correlated); the column shows the mean over seeds of those "
+        "lower and upper bounds, i.e. the test-set sampling uncertainty of one typical seed. It is not a CI of the "
+        "mean over seeds: every seed is scored on the same test questions, so more seeds do not narrow it. "
+        "**Seed range** is the lowest and highest seed's accuracy (training randomness). "
+        "**CI separates from reference** is `yes` only when the row's CI and the reference row's CI are disjoint "
+        "*and* every seed of one row is above every seed of the other; only those differences are claimed below. "
+        "The per-type columns are mean accuracies per question type with their mean per-seed CIs.",
     ]
+    if baselines:
+        lines += ["", "## Trivial baselines (test split)", "",
+                  "Fit on the train split, scored on the test split, with the same video bootstrap: `majority letter` "
+                  "predicts the most frequent correct option position in train; `majority answer per type` predicts, per "
+                  "question type, the choice whose text is train's most frequent correct answer (the type's majority "
+                  "position when no choice has that text). A row is worth discussing only where its CI clears them.",
+                  ""] + render_baselines(baselines, sum(chance) / len(chance) if chance else None, distinct)
     image_dir = out.parent / out.stem
     for table in tables:
-        lines += ["", f"## {table.group.title} (`{table.group.axis}`)", "", render_table(table, reference_mean)]
+        lines += ["", f"## {table.group.title} (`{table.group.axis}`)", "", render_table(table, reference)]
+        said = conclusions(table, reference, baselines)
+        if said:
+            lines += [""] + said
         if any(r.mean is not None for r in table.rows):
             image = image_dir / f"{table.group.name}.png"
-            render_chart(table, image)
+            render_chart(table, image, baselines)
             lines += ["", f"![{table.group.title}]({image.relative_to(out.parent).as_posix()})"]
     failed = sorted({name for t in tables for r in t.rows for name in r.failed})
     if failed:

@@ -4,7 +4,8 @@
     hard    + w_hard * cross-entropy to the teacher's chosen option
     soft    + w_soft * T^2 * KL(teacher_T || student_T) over the options
     hybrid  + both
-    align   (optional, any mode but none) + w_align * (1 - cos(proj(video), teacher hidden))
+    align   (optional, any mode but none) + w_align * (1 - cos(proj(video), teacher hidden)),
+            over the samples that have a teacher hidden state (`teacher_hidden_valid`)
 
 Samples whose teacher output is missing contribute only the label term; the ground truth is
 never substituted for a teacher.
@@ -36,9 +37,15 @@ class DistillConfig:
             raise ValueError(f"train.temperature must be positive, got {self.temperature}")
 
 
+# Padded choices, in the float32 the loss is computed in: exp() of it is exactly 0, and it stays finite after
+# dividing by any temperature >= 1e-29 (torch.finfo(float32).min would overflow to -inf at T < 1).
+PAD_LOGIT = -1e9
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    """Mean of `values` where `mask`; what is not selected (even NaN) never reaches the result or its gradient."""
+    values = torch.where(mask, values, torch.zeros_like(values))
+    return values.sum() / mask.to(values.dtype).sum().clamp(min=1.0)
 
 
 class DistillationLoss(nn.Module):
@@ -50,14 +57,24 @@ class DistillationLoss(nn.Module):
         use_align = config.align_weight > 0 and config.mode != "none" and teacher_dim > 0
         self.align_proj = nn.Linear(student_dim, teacher_dim) if use_align else None
 
-    def forward(self, logits, labels, choice_mask, teacher_logits=None, teacher_valid=None, video=None, teacher_hidden=None):
+    def forward(self, logits, labels, choice_mask, teacher_logits=None, teacher_valid=None, video=None, teacher_hidden=None,
+                teacher_hidden_valid=None):
+        """`teacher_hidden_valid` [B] (default: all True where `teacher_hidden` is given) masks the align term:
+        a sample counts there when it has a teacher hidden state, whether or not its teacher logits are valid.
+
+        Every term is computed in float32, whatever the student's precision (fp16 / bf16 under autocast or
+        a half model): padded choices are re-masked with a float32 constant, so a student that masks with
+        torch.finfo(float16).min and one that masks with torch.finfo(float32).min give the same loss."""
         cfg = self.config
-        parts = {"label": F.cross_entropy(logits, labels)}
+        logits = logits.float().masked_fill(~choice_mask, PAD_LOGIT)
+        has_label = labels >= 0  # train.label_fraction < 1 leaves samples without a label (-100)
+        per_sample = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+        parts = {"label": _masked_mean(per_sample, has_label)}
         total = cfg.label_weight * parts["label"]
         if cfg.mode == "none":
             return total, {k: float(v.detach()) for k, v in parts.items()}
         valid = teacher_valid & choice_mask.any(dim=1)
-        t_logits = teacher_logits.masked_fill(~choice_mask, -1e9)
+        t_logits = teacher_logits.float().masked_fill(~choice_mask, PAD_LOGIT)
         if cfg.mode in ("hard", "hybrid"):
             hard_target = t_logits.argmax(dim=1)
             per_sample = F.cross_entropy(logits, hard_target, reduction="none")
@@ -71,7 +88,10 @@ class DistillationLoss(nn.Module):
             parts["soft"] = _masked_mean(kl_terms.sum(dim=1), valid) * T * T
             total = total + cfg.soft_weight * parts["soft"]
         if self.align_proj is not None and video is not None and teacher_hidden is not None:
-            cos = F.cosine_similarity(self.align_proj(video), teacher_hidden, dim=-1)
-            parts["align"] = _masked_mean(1 - cos, valid)
+            projected = self.align_proj(video.to(self.align_proj.weight.dtype)).float()
+            cos = F.cosine_similarity(projected, teacher_hidden.float(), dim=-1)
+            if teacher_hidden_valid is None:
+                teacher_hidden_valid = torch.ones(cos.shape[0], dtype=torch.bool, device=cos.device)
+            parts["align"] = _masked_mean(1 - cos, teacher_hidden_valid)
             total = total + cfg.align_weight * parts["align"]
         return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -25,7 +25,7 @@ def event_text_per_frame(events: list[dict], num_frames: int) -> list[str]:
 
 
 def qa_string(question: str, choice: str) -> str:
-    return f"{question} {choice}"
+    return f"{question} answer: {choice}"  # the seed's choice string
 
 
 @dataclass

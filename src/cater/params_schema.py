@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from cater.config import ConfigError
+from cater.models.student import FRAME_POOLS, FUSIONS, TEMPORAL_HEADS
+from cater.train import LR_SCHEDULES
 
 NUM = (int, float)
 OPT_INT = (int, type(None))
@@ -41,14 +43,18 @@ SCHEMA: dict[str, Any] = {
         "teacher": str,
         "distill": {"mode": str, "temperature": NUM, "label_weight": NUM, "hard_weight": NUM, "soft_weight": NUM, "align_weight": NUM},
         "student": {
-            "heads": int, "cross_layers": int, "temporal_layers": int, "dropout": NUM, "frame_pool": str,
-            "question_conditioning": bool, "text_head": bool, "logit_scale_init": NUM,
+            "heads": int, "temporal_heads": int, "cross_layers": int, "temporal_layers": int, "dropout": NUM,
+            "fusion": str, "frame_pool": str, "temporal_head": str,
+            "question_conditioning": bool, "text_head": bool, "logit_scale_init": NUM, "learn_logit_scale": bool,
         },
         "choice_text": str,
         "epochs": int,
         "batch_size": int,
         "lr": NUM,
+        "lr_schedule": str,
+        "warmup_fraction": NUM,
         "weight_decay": NUM,
+        "label_fraction": NUM,
         "seed": int,
         "backbone_on_the_fly": bool,
         "mixed_precision": str,
@@ -60,7 +66,10 @@ CHOICES = {
     ("train", "prompt_variant"): ("none", "random", "frame", "event"),
     ("train", "distill", "mode"): ("none", "hard", "soft", "hybrid"),
     ("train", "choice_text"): ("qa", "answer"),
-    ("train", "student", "frame_pool"): ("cls", "mean", "attention"),
+    ("train", "lr_schedule"): LR_SCHEDULES,
+    ("train", "student", "fusion"): FUSIONS,
+    ("train", "student", "frame_pool"): FRAME_POOLS,
+    ("train", "student", "temporal_head"): TEMPORAL_HEADS,
     ("train", "mixed_precision"): ("no", "fp16", "bf16"),
 }
 

@@ -6,6 +6,7 @@ so this module knows nothing about DVC.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from cater.io import decode_array, read_jsonl
 from cater.models.student import CaTeRStudent, StudentConfig
 
 PROMPT_VARIANTS = ("none", "random", "frame", "event")
+LR_SCHEDULES = ("warmup_cosine", "constant")
 
 
 @dataclass
@@ -32,10 +34,13 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     student: dict = field(default_factory=dict)
     choice_text: str = "qa"  # qa: pooled `question + answer` (recipe) | answer: the answer alone
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-3
+    lr_schedule: str = "warmup_cosine"  # warmup_cosine: linear warmup, then cosine decay to 0 (seed) | constant
+    warmup_fraction: float = 0.05  # of all optimizer steps (seed: total // 20)
     weight_decay: float = 0.01
+    label_fraction: float = 1.0  # labels on this seeded fraction of train (per question type); teachers see all of it
     seed: int = 0
     backbone_on_the_fly: bool = False
     mixed_precision: str = "no"
@@ -47,6 +52,40 @@ class TrainConfig:
             raise ValueError(f"train.prompt_variant must be one of {PROMPT_VARIANTS}, got {self.prompt_variant!r}")
         if self.choice_text not in ("qa", "answer"):
             raise ValueError(f"train.choice_text must be qa or answer, got {self.choice_text!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"train.label_fraction must be in (0, 1], got {self.label_fraction}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
+
+
+def lr_factor(step: int, total_steps: int, schedule: str, warmup_fraction: float) -> float:
+    """The learning-rate multiplier at optimizer step `step` (0-based) of `total_steps`."""
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, int(total_steps * warmup_fraction)) if warmup_fraction > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def labelled_subset(samples: list[Sample], fraction: float, seed: int) -> set[str]:
+    """The ids of a seeded `fraction` of the labelled samples, drawn per question type (at least one each)."""
+    by_type: dict[str, list[str]] = {}
+    for s in samples:
+        if s.answer_idx is not None:
+            by_type.setdefault(s.question_type or "", []).append(s.id)
+    chosen: set[str] = set()
+    for qtype, ids in sorted(by_type.items()):
+        ids = sorted(ids)
+        random.Random(f"{seed}:{qtype}").shuffle(ids)
+        chosen.update(ids[: max(1, round(fraction * len(ids)))])
+    return chosen
 
 
 def seed_everything(seed: int) -> None:
@@ -65,17 +104,25 @@ def derangement(items: list[str], seed: int) -> dict[str, str]:
     return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
 
 
-def load_teacher_outputs(path: Path) -> dict[str, dict]:
+class TeacherOutputs(dict):
+    """The teacher stage's rows by sample id, and the file they came from (named in errors)."""
+
+    def __init__(self, rows: dict[str, dict], path: Path | str | None = None):
+        super().__init__(rows)
+        self.path = path
+
+
+def load_teacher_outputs(path: Path) -> TeacherOutputs:
     if not path.exists():
         raise FileNotFoundError(f"{path}: teacher outputs missing (run or pull the teacher stage)")
-    return {row["key"]: row for row in read_jsonl(path)}
+    return TeacherOutputs({row["key"]: row for row in read_jsonl(path)}, path)
 
 
 class SplitTensors:
     """Everything one split needs, as index tensors into the cached features."""
 
     def __init__(self, samples: list[Sample], features: CachedFeatures, cfg: TrainConfig, teacher: dict[str, dict] | None,
-                 random_map: dict[str, str] | None):
+                 random_map: dict[str, str] | None, labelled: set[str] | None = None):
         if not samples:
             raise ValueError("empty split")
         index = features.index
@@ -86,7 +133,9 @@ class SplitTensors:
         self.question_types = [s.question_type for s in samples]
         self.video_ids = [s.video_id for s in samples]
         self.video_row = torch.tensor([features.video_row[s.video_id] for s in samples])
-        self.labels = torch.tensor([s.answer_idx if s.answer_idx is not None else -100 for s in samples])
+        # -100 = no label: unlabelled splits (TVQA test_public) and the samples outside `labelled` (train.label_fraction)
+        self.labels = torch.tensor([s.answer_idx if s.answer_idx is not None and (labelled is None or s.id in labelled) else -100
+                                    for s in samples])
         self.choice_ids = torch.zeros(n, c, dtype=torch.long)
         self.choice_mask = torch.zeros(n, c, dtype=torch.bool)
         self.question_ids = torch.tensor([index["samples"][s.id]["question"] for s in samples])
@@ -106,20 +155,37 @@ class SplitTensors:
                 else:
                     self.missing_prompts += 1
         self.teacher_logits = torch.zeros(n, c)
-        self.teacher_valid = torch.zeros(n, dtype=torch.bool)
+        self.teacher_valid = torch.zeros(n, dtype=torch.bool)  # finite teacher logits: the hard / soft terms
         self.teacher_hidden = None
+        self.teacher_hidden_valid = torch.zeros(n, dtype=torch.bool)  # a finite teacher hidden state: the align term
+        self.nonfinite_teacher_rows = 0  # rows whose choice_logits hold NaN / inf: used as missing
+        self.nonfinite_teacher_hidden = 0  # rows whose hidden state holds NaN / inf: no align target
         if teacher is not None:
+            source = getattr(teacher, "path", None) or "teacher outputs"
             hidden = []
             for i, s in enumerate(samples):
                 row = teacher.get(s.id)
                 if row is not None and row.get("choice_logits") is not None:
                     logits = row["choice_logits"]
-                    self.teacher_logits[i, : len(logits)] = torch.tensor(logits)
-                    self.teacher_valid[i] = True
-                hidden.append(decode_array(row["hidden"]).astype(np.float32) if row and row.get("hidden") else None)
+                    if len(logits) != len(s.choices):
+                        raise ValueError(
+                            f"{source}: sample {s.id!r}: field choice_logits has {len(logits)} values, but the sample has "
+                            f"{len(s.choices)} choices (the teacher outputs do not belong to these splits; re-run the teacher stage)")
+                    values = torch.tensor([float("nan") if x is None else x for x in logits], dtype=torch.float32)
+                    if torch.isfinite(values).all():
+                        self.teacher_logits[i, : len(values)] = values
+                        self.teacher_valid[i] = True
+                    else:
+                        self.nonfinite_teacher_rows += 1
+                vector = decode_array(row["hidden"]).astype(np.float32) if row and row.get("hidden") else None
+                if vector is not None and not np.isfinite(vector).all():
+                    self.nonfinite_teacher_hidden += 1
+                    vector = None
+                hidden.append(vector)
             width = next((h.shape[-1] for h in hidden if h is not None), 0)
             if width:
                 self.teacher_hidden = torch.stack([torch.from_numpy(h) if h is not None else torch.zeros(width) for h in hidden])
+                self.teacher_hidden_valid = torch.tensor([h is not None for h in hidden], dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -165,6 +231,7 @@ class FeatureBatcher:
         }
         if split.teacher_hidden is not None:
             batch["teacher_hidden"] = split.teacher_hidden[rows]
+            batch["teacher_hidden_valid"] = split.teacher_hidden_valid[rows]
         return batch
 
 
@@ -181,7 +248,26 @@ class StudentWithLoss(nn.Module):
             batch["choices"], batch["choice_mask"], batch["question"],
         )
         return self.loss(logits, batch["labels"], batch["choice_mask"], batch["teacher_logits"], batch["teacher_valid"],
-                         video, batch.get("teacher_hidden"))
+                         video, batch.get("teacher_hidden"), teacher_hidden_valid=batch.get("teacher_hidden_valid"))
+
+
+# Parameters whose own name (the last dotted part) contains one of these are embeddings, scales or gates: no
+# weight decay, whatever their shape. Matched on the leaf name, so `query_proj.weight` is still a weight matrix.
+NO_DECAY_NAME_FRAGMENTS = ("time_embed", "time_pos", "pos_embed", "query", "logit_scale", "gate")
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices only. No decay on parameters with ndim < 2 (biases, norm
+    weights, scalar scales and gates), on embeddings (nn.Embedding tables, learned tokens such as `time_embed`,
+    and other names with a fragment of NO_DECAY_NAME_FRAGMENTS). Every parameter is in exactly one group."""
+    embedding_tables = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        exempt = param.ndim < 2 or id(param) in embedding_tables or any(f in leaf for f in NO_DECAY_NAME_FRAGMENTS)
+        (no_decay if exempt else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 def build_student(cfg: TrainConfig, features: CachedFeatures) -> CaTeRStudent:
@@ -221,21 +307,26 @@ def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, 
     teacher_dim = train_split.teacher_hidden.shape[-1] if train_split.teacher_hidden is not None else 0
     loss = DistillationLoss(cfg.distill, features.embed_dim, teacher_dim)
     module = StudentWithLoss(student, loss)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(module, cfg.weight_decay), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(list(range(len(train_split))), batch_size=cfg.batch_size, shuffle=True, generator=generator,
                         collate_fn=lambda rows: batcher(train_split, torch.tensor(rows)))
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    total_steps = cfg.epochs * len(loader)  # per process: each one steps its own schedule once per optimizer step
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, cfg.lr_schedule, cfg.warmup_fraction))
     best = {"val_accuracy": -1.0}
     for epoch in range(cfg.epochs):
         module.train()
         totals: dict[str, float] = {}
         steps = 0
+        lr = schedule.get_last_lr()[0]  # the rate of this epoch's first step
         for batch in loader:
             total, parts = module(batch)
             optimizer.zero_grad()
             accelerator.backward(total)
             optimizer.step()
+            schedule.step()
             for k, v in {"total": float(total.detach()), **parts}.items():
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
@@ -243,17 +334,20 @@ def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, 
         val_logits = predict(unwrapped, batcher, val_split)
         metrics = {f"loss/{k}": v / max(steps, 1) for k, v in sorted(totals.items())}
         metrics["val/accuracy"] = accuracy(val_logits, val_split.labels)
+        metrics["lr"] = lr
         if log is not None and accelerator.is_main_process:
             log(epoch, metrics)
         if metrics["val/accuracy"] > best["val_accuracy"]:
             best = {
                 "val_accuracy": metrics["val/accuracy"],
                 "epoch": epoch,
+                "global_step": (epoch + 1) * steps,
                 "model": {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()},
             }
     return {
         "model": best["model"],
         "best_epoch": best["epoch"],
+        "best_global_step": best["global_step"],
         "val_accuracy": best["val_accuracy"],
         "student_config": build_student(cfg, features).config.to_dict(),
         "train_config": {**asdict(cfg), "distill": asdict(cfg.distill)},

@@ -1,7 +1,10 @@
 """`cater report`: reports/ablations.md (+ one PNG bar chart per group) from `dvc exp show --json`.
 
-Per group: mean ± std of test accuracy over seeds, Δ from the reference row, the number of test
-samples, and per-question-type accuracy. Only experiments that succeeded are counted. Plain
+Per group: mean ± std of test accuracy over seeds, its 95% CI (the mean of the seeds' bootstrap CI
+bounds from metrics/eval.json), the seed range, Δ from the reference row, whether the CI separates
+from the reference row's, the number of test samples, and per-question-type accuracy with CIs;
+once per report, the trivial baselines (majority letter, majority answer per type) with their CIs.
+Differences are stated only where CIs separate. Only experiments that succeeded are counted. Plain
 markdown and PNG files (matplotlib, Agg): the report renders offline.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`shapes`: the embedded demo dataset, generated deterministically from a seed.
 
-Each clip is a real H.264 mp4 in which 2-5 coloured shapes appear one after another, move in a
+Each clip is a real H.264 mp4 in which 2-6 coloured shapes appear one after another, move in a
 direction (or stay still) and disappear. Every video gets four multiple-choice questions, one per
 type, each with 5 options; answering needs the video's content and its temporal order:
 
@@ -8,6 +8,12 @@ type, each with 5 options; answering needs the video's content and its temporal 
     direction  which direction did the <shape> move?
     after      what appeared right after the <shape>?
     count      how many shapes appeared?
+
+So that no trivial rule scores above chance: within each split and question type the correct
+option's position is balanced over A-E, and so are the object count (2-6) and the direction asked
+about (4 directions and "it stayed still"): each is a seeded shuffle of equal counts, exact when
+the split's video count is a multiple of 5. So every option text of the count and direction
+questions is the correct answer equally often.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "nowhere": (0, 0)}
 DIRECTION_CHOICES = ("left", "right", "up", "down", "it stayed still")
-COUNT_WORDS = ("one", "two", "three", "four", "five")
+COUNT_WORDS = ("two", "three", "four", "five", "six")  # the answer for 2..6 objects
 QUESTION_TYPES = ("first", "direction", "after", "count")
 
 
@@ -35,20 +41,23 @@ class ShapesConfig:
     fps: int = 8
     seconds: float = 4.0
     min_objects: int = 2
-    max_objects: int = 5
+    max_objects: int = 6
 
     def __post_init__(self) -> None:
         if self.videos is None:
-            self.videos = {"train": 150, "val": 38, "test": 38}
+            self.videos = {"train": 250, "val": 100, "test": 150}
+        if not 2 <= self.min_objects <= self.max_objects <= len(COUNT_WORDS) + 1:
+            raise ValueError(f"dataset.shapes: need 2 <= min_objects <= max_objects <= {len(COUNT_WORDS) + 1}, "
+                             f"got {self.min_objects} and {self.max_objects}")
 
 
 def _object_name(obj: dict) -> str:
     return f"{obj['color']} {obj['shape']}"
 
 
-def make_events(rng: random.Random, cfg: ShapesConfig) -> list[dict]:
-    """Objects with distinct identities, staggered appearance times, a direction and a start point."""
-    n = rng.randint(cfg.min_objects, cfg.max_objects)
+def make_events(rng: random.Random, cfg: ShapesConfig, n: int | None = None) -> list[dict]:
+    """`n` objects (default: random) with distinct identities, staggered appearance times, a direction and a start point."""
+    n = rng.randint(cfg.min_objects, cfg.max_objects) if n is None else n
     identities = rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
     slot = cfg.seconds / n
     events = []
@@ -56,7 +65,7 @@ def make_events(rng: random.Random, cfg: ShapesConfig) -> list[dict]:
         start = round(i * slot + rng.uniform(0.0, 0.2 * slot), 3)
         duration = rng.uniform(0.9, 1.4) * max(slot, 0.9)
         end = round(min(cfg.seconds, start + duration), 3)
-        direction = rng.choice(list(DIRECTIONS)) if rng.random() < 0.85 else "nowhere"
+        direction = rng.choice(list(DIRECTIONS))  # uniform over the 5 answers, "it stayed still" included
         events.append(
             {
                 "label": f"{color} {shape}",
@@ -130,44 +139,52 @@ def write_video(path: Path, events: list[dict], cfg: ShapesConfig) -> None:
     tmp.replace(path)
 
 
-def _choices_with_answer(rng: random.Random, answer: str, pool: list[str], k: int = 5) -> tuple[list[str], int]:
+def _choices_with_answer(rng: random.Random, answer: str, pool: list[str], position: int, k: int = 5) -> list[str]:
+    """`k` options: `answer` at `position`, the rest drawn from `pool` in shuffled order."""
     distractors = [p for p in dict.fromkeys(pool) if p != answer]
+    if len(distractors) < k - 1:
+        raise ValueError(f"need {k - 1} distractors for {answer!r}, got {len(distractors)}")
     rng.shuffle(distractors)
-    choices = distractors[: k - 1] + [answer]
-    rng.shuffle(choices)
-    return choices, choices.index(answer)
+    choices = distractors[: k - 1]
+    choices.insert(position, answer)
+    return choices
 
 
-def make_questions(rng: random.Random, events: list[dict]) -> list[tuple[str, str, list[str], int]]:
-    """(question_type, question, choices, answer_idx) for one video."""
+def balanced(rng: random.Random, values: list, count: int) -> list:
+    """`count` draws in which every value occurs equally often (to within one), in seeded order."""
+    drawn = [values[i % len(values)] for i in range(count)]
+    rng.shuffle(drawn)
+    return drawn
+
+
+def make_questions(rng: random.Random, events: list[dict], positions: dict[str, int], direction: str) -> list[tuple[str, str, list[str], int]]:
+    """(question_type, question, choices, answer_idx) for one video; `positions[type]` is the answer's index.
+    The object the direction question asks about is given `direction` (so the split's answers are balanced)."""
     names = [_object_name(e) for e in events]
     all_names = [f"{c} {s}" for c in COLORS for s in SHAPES]
-    # distractors: the video's other objects first (hard negatives), then unseen objects
-    def object_pool(exclude: str) -> list[str]:
-        others = [n for n in names if n != exclude]
-        unseen = [n for n in all_names if n not in names]
-        rng.shuffle(unseen)
-        return others + unseen
 
-    questions = []
-    choices, idx = _choices_with_answer(rng, names[0], object_pool(names[0])[:4])
-    questions.append(("first", "Which shape appeared first?", choices, idx))
+    def object_pool(exclude: list[str]) -> list[str]:
+        """Distractors: the video's other objects first (hard negatives), then unseen objects."""
+        others = [n for n in names if n not in exclude]
+        unseen = [n for n in all_names if n not in names]
+        rng.shuffle(others)
+        rng.shuffle(unseen)
+        return (others + unseen)[:4]
+
+    def ask(qtype: str, question: str, answer: str, pool: list[str]) -> tuple[str, str, list[str], int]:
+        choices = _choices_with_answer(rng, answer, pool, positions[qtype])
+        return qtype, question, choices, positions[qtype]
 
     target = rng.choice(events)
-    answer = "it stayed still" if target["direction"] == "nowhere" else target["direction"]
-    choices = list(DIRECTION_CHOICES)
-    rng.shuffle(choices)
-    questions.append(("direction", f"Which direction did the {_object_name(target)} move?", choices, choices.index(answer)))
-
+    target["direction"] = direction
+    direction = "it stayed still" if direction == "nowhere" else direction
     i = rng.randrange(len(events) - 1)
-    nxt = names[i + 1]
-    pool = [n for n in object_pool(nxt) if n != names[i]][:4]
-    choices, idx = _choices_with_answer(rng, nxt, pool)
-    questions.append(("after", f"What appeared right after the {names[i]}?", choices, idx))
-
-    choices = list(COUNT_WORDS)
-    questions.append(("count", "How many shapes appeared?", choices, len(events) - 1))
-    return questions
+    return [
+        ask("first", "Which shape appeared first?", names[0], object_pool([names[0]])),
+        ask("direction", f"Which direction did the {_object_name(target)} move?", direction, list(DIRECTION_CHOICES)),
+        ask("after", f"What appeared right after the {names[i]}?", names[i + 1], object_pool([names[i], names[i + 1]])),
+        ask("count", "How many shapes appeared?", COUNT_WORDS[len(events) - 2], list(COUNT_WORDS)),
+    ]
 
 
 def generate(out_dir: str | Path, cfg: ShapesConfig) -> list[Sample]:
@@ -176,12 +193,16 @@ def generate(out_dir: str | Path, cfg: ShapesConfig) -> list[Sample]:
     samples: list[Sample] = []
     rng = random.Random(cfg.seed)
     for split, count in cfg.videos.items():
+        positions = {qtype: balanced(rng, list(range(5)), count) for qtype in QUESTION_TYPES}
+        object_counts = balanced(rng, list(range(cfg.min_objects, cfg.max_objects + 1)), count)
+        directions = balanced(rng, list(DIRECTIONS), count)
         for v in range(count):
             video_id = f"shapes-{split}-{v:04d}"
-            events = make_events(rng, cfg)
+            events = make_events(rng, cfg, object_counts[v])
+            questions = make_questions(rng, events, {t: p[v] for t, p in positions.items()}, directions[v])
             path = out_dir / "videos" / f"{video_id}.mp4"
             write_video(path, events, cfg)
-            for qtype, question, choices, answer_idx in make_questions(rng, events):
+            for qtype, question, choices, answer_idx in questions:
                 samples.append(
                     Sample(
                         id=f"{video_id}-{qtype}",

@@ -1,27 +1,27 @@
-"""Stage `eval`: the student on the test split -> metrics/eval.json and plots/ (per type, confusion)."""
+"""Stage `eval`: the student on the val and test splits -> metrics/eval.json and plots/ (per type, confusion).
+
+Every accuracy comes with a 95% bootstrap CI that resamples videos (questions about one video are
+correlated) and sits beside the trivial baselines fit on the train split (`cater.metrics`):
+`majority_letter` and `majority_answer_per_type`, each with its own CI, overall and per type.
+"""
 from __future__ import annotations
 
 import csv
 import sys
 from pathlib import Path
 
+from cater.data.schema import read_samples
 from cater.io import atomic_path, atomic_write_json
+from cater.metrics import split_metrics
 from cater.stages.train import CHECKPOINT, prepare
 from cater.teachers.base import LETTERS
-from cater.train import accuracy, load_student, predict
+from cater.train import load_student, predict
 
 METRICS = Path("metrics/eval.json")
+SPLITS_DIR = Path("data/splits")
 PLOTS = Path("plots")
-
-
-def per_type(logits, split) -> dict[str, dict]:
-    result = {}
-    chosen = logits.argmax(1)
-    for qtype in sorted(set(split.question_types)):
-        rows = [i for i, t in enumerate(split.question_types) if t == qtype and split.labels[i] >= 0]
-        correct = sum(int(chosen[i] == split.labels[i]) for i in rows)
-        result[qtype] = {"accuracy": round(correct / len(rows), 4) if rows else None, "n": len(rows)}
-    return result
+EVAL_SPLITS = ("val", "test")
+BASELINE_TITLES = {"majority_letter": "majority letter", "majority_answer_per_type": "majority answer per type"}
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -35,20 +35,23 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 def run(params, args) -> None:
     cfg, features, tensors, batcher = prepare(params)
     student, checkpoint = load_student(CHECKPOINT)
+    samples = {name: read_samples(SPLITS_DIR / f"{name}.jsonl") for name in ("train", *EVAL_SPLITS)}
+    train = samples["train"]
     metrics = {"best_epoch": checkpoint["best_epoch"]}
-    for name in ("val", "test"):
+    for name in EVAL_SPLITS:
         split = tensors[name]
+        if split.ids != [s.id for s in samples[name]]:
+            raise RuntimeError(f"eval: {SPLITS_DIR / name}.jsonl and the {name} tensors list different questions")
         logits = predict(student, batcher, split)
-        labelled = split.labels >= 0
-        acc = round(accuracy(logits, split.labels), 4) if labelled.any() else None  # e.g. TVQA test_public
-        metrics[name] = {"accuracy": acc, "n": int(labelled.sum()), "per_type": per_type(logits, split)}
+        metrics[name] = split_metrics(
+            logits.argmax(1).numpy(), split.labels.numpy(), [s.choices for s in samples[name]],
+            split.question_types, split.video_ids,
+            [s.answer_idx for s in train], [s.choices for s in train], [s.question_type for s in train])
         if name == "test":
             test_logits, test_split = logits, split
-    labelled_masks = [m for m, y in zip(test_split.choice_mask, test_split.labels) if y >= 0]
-    metrics["test"]["chance"] = round(sum(1 / int(m.sum()) for m in labelled_masks) / len(labelled_masks), 4) if labelled_masks else None
     PLOTS.mkdir(exist_ok=True)
-    _write_csv(PLOTS / "per_type_accuracy.csv", ["question_type", "accuracy", "n"],
-               [[t, v["accuracy"], v["n"]] for t, v in metrics["test"]["per_type"].items()])
+    _write_csv(PLOTS / "per_type_accuracy.csv", ["question_type", "accuracy", "ci95_low", "ci95_high", "n"],
+               [[t, v["accuracy"], *(v["ci95"] or [None, None]), v["n"]] for t, v in metrics["test"]["per_type"].items()])
     chosen = test_logits.argmax(1)
     _write_csv(PLOTS / "confusion.csv", ["actual", "predicted"],
                [[LETTERS[int(y)], LETTERS[int(p)]] for y, p in zip(test_split.labels, chosen) if y >= 0])
@@ -60,13 +63,38 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def format_accuracy(block: dict | None) -> str:
+    """`0.412 [0.371, 0.455]`; `n/a` without labels; no brackets for metrics written before CIs."""
+    block = block or {}
+    ci = block.get("ci95")
+    return _fmt(block.get("accuracy")) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+
+
+def _baselines(block: dict) -> str:
+    baselines = block.get("baselines", block)  # per type, the baselines sit beside the accuracy
+    return "; ".join(f"{title} {format_accuracy(baselines.get(key))}" for key, title in BASELINE_TITLES.items()
+                     if key in baselines)
+
+
+def format_split(name: str, block: dict) -> list[str]:
+    extras = "; ".join(part for part in (f"chance {_fmt(block.get('chance'))}", _baselines(block)) if part)
+    lines = [f"{name} accuracy {format_accuracy(block)} on {block['n']} questions ({extras})"]
+    for qtype, v in block.get("per_type", {}).items():
+        baselines = _baselines(v)
+        lines.append(f"  {qtype:<12} {format_accuracy(v)}  (n={v['n']}{'; ' + baselines if baselines else ''})")
+    return lines
+
+
 def format_metrics(metrics: dict) -> str:
+    """The test split's accuracy with its 95% CI beside chance and the baselines, overall and per type
+    (the val split's too when the test split has no labels). 95% CIs resample videos."""
     test = metrics["test"]
-    lines = [f"test accuracy {_fmt(test['accuracy'])} on {test['n']} labelled samples (chance {_fmt(test['chance'])})"]
-    for qtype, v in test["per_type"].items():
-        lines.append(f"  {qtype:<12} {_fmt(v['accuracy'])}  (n={v['n']})")
-    if test["accuracy"] is None:
-        lines.append(f"  the test split has no labels; validation accuracy {_fmt(metrics['val']['accuracy'])}")
+    lines = format_split("test", test)
+    if test.get("accuracy") is None and "val" in metrics:
+        lines.append("the test split has no labels; on the validation split:")
+        lines += format_split("val", metrics["val"])
+    if test.get("ci95") or (metrics.get("val") or {}).get("ci95"):
+        lines.append("[lo, hi]: 95% bootstrap CI over videos; baselines fit on the train split")
     return "\n".join(lines)
 
 

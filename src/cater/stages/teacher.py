@@ -135,6 +135,12 @@ def summarize(name: str, config: TeacherConfig, splits: dict[str, list[Sample]],
     }
 
 
+def missing_line(summary: dict) -> str:
+    """One line for stdout: `teacher NAME: M/N samples missing (reason: count, ...)`."""
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in summary["missing_reasons"].items())
+    return f"teacher {summary['teacher']}: {summary['missing']}/{summary['samples']} samples missing" + (f" ({reasons})" if reasons else "")
+
+
 def run(name: str, params_path: str, progress: bool = True) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ConfigError(f"teacher name {name!r}: use letters, digits, '_', '.', '-' only")
@@ -160,7 +166,9 @@ def run(name: str, params_path: str, progress: bool = True) -> None:
     if accelerator is None or accelerator.is_main_process:
         out_dir = OUT_DIR / name
         write_jsonl(out_dir / "outputs.jsonl", rows)
-        atomic_write_json(out_dir / "summary.json", summarize(name, config, splits, rows))
+        summary = summarize(name, config, splits, rows)
+        atomic_write_json(out_dir / "summary.json", summary)
+        print(missing_line(summary), flush=True)
     if accelerator is not None:
         barrier(accelerator)
         accelerator.end_training()

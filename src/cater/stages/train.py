@@ -14,7 +14,8 @@ import torch
 from cater.data.schema import read_samples
 from cater.features import CachedFeatures
 from cater.io import atomic_path
-from cater.train import FeatureBatcher, SplitTensors, TrainConfig, derangement, load_teacher_outputs, train
+from cater.train import (FeatureBatcher, SplitTensors, TrainConfig, derangement, labelled_subset, load_teacher_outputs,
+                         train)
 
 SPLITS_DIR = Path("data/splits")
 FEATURES = Path("data/features")
@@ -35,7 +36,9 @@ def prepare(params) -> tuple[TrainConfig, CachedFeatures, dict, FeatureBatcher]:
         random_map = {}
         for name, samples in splits.items():  # shuffle within a split, so no prompt crosses splits
             random_map.update(derangement(sorted({s.video_id for s in samples}), cfg.seed))
-    tensors = {name: SplitTensors(samples, features, cfg, teacher if name == "train" else None, random_map)
+    labelled = labelled_subset(splits["train"], cfg.label_fraction, cfg.seed) if cfg.label_fraction < 1 else None
+    tensors = {name: SplitTensors(samples, features, cfg, teacher if name == "train" else None, random_map,
+                                  labelled if name == "train" else None)
                for name, samples in splits.items()}
     backbone = frames = None
     if cfg.backbone_on_the_fly:
@@ -54,9 +57,17 @@ def run(params, args) -> None:
     missing = tensors["train"].missing_prompts
     if missing:
         print(f"train: {missing} training samples have no {cfg.prompt_generator} prompts (their videos failed the prompts stage)")
+    if cfg.label_fraction < 1:
+        labelled = int((tensors["train"].labels >= 0).sum())
+        print(f"train: labels on {labelled}/{len(tensors['train'])} training samples (label_fraction {cfg.label_fraction})")
     if cfg.distill.mode != "none":
         valid = int(tensors["train"].teacher_valid.sum())
-        print(f"train: teacher {cfg.teacher} gives usable outputs for {valid}/{len(tensors['train'])} training samples")
+        nonfinite = tensors["train"].nonfinite_teacher_rows
+        print(f"train: teacher {cfg.teacher} gives usable outputs for {valid}/{len(tensors['train'])} training samples "
+              f"({nonfinite} rows with non-finite choice_logits treated as missing)")
+        if tensors["train"].nonfinite_teacher_hidden:
+            print(f"train: {tensors['train'].nonfinite_teacher_hidden} teacher rows have a non-finite hidden state "
+                  f"(no align target for them)")
     with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         def log(epoch, metrics):
             for key, value in metrics.items():

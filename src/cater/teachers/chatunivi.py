@@ -33,7 +33,9 @@ import torch
 from torch import nn
 
 from cater.io import atomic_directory
-from cater.teachers.base import LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, options_block
+from cater.teachers.base import (
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_output, options_block,
+)
 
 IMAGE_TOKEN_INDEX = -200  # placeholder id of one frame in input_ids (the reference's constant)
 IMAGE_PLACEHOLDER = "<image>"
@@ -666,16 +668,9 @@ class ChatUniViTeacher(Teacher):
             chunk = batch[start:start + size]
             result = self.forward(chunk, logits="last")
             last_logits = result.logits.float().cpu()
-            hidden = result.last_hidden_state[:, -1].float().cpu().numpy()
-            for row, item in enumerate(chunk):
-                letters = self.letter_ids[: len(item.choices)]
-                choice_logits = last_logits[row, letters].tolist()
-                outputs.append(TeacherOutput(
-                    id=item.id,
-                    choice_logits=choice_logits,
-                    hard_idx=int(np.argmax(choice_logits)),
-                    hidden=hidden[row].astype(np.float32),
-                ))
+            hidden = result.last_hidden_state[:, -1].float().cpu()
+            # the shared guard: non-finite letter logits or hidden state make the output missing, never a guess
+            outputs.extend(letter_output(item, self.letter_ids, last_logits[row], hidden[row]) for row, item in enumerate(chunk))
         return outputs
 
 

@@ -24,7 +24,8 @@ from cater.stages.prompts import main as prompts_stage  # noqa: E402
 
 def timed_run(server: FakeOpenAIServer, root: Path, videos: int, frames: int, concurrency: int) -> float:
     generators = {"gpt": {"backend": "openai", "model": "gpt-4o-mini", "base_url": server.base_url,
-                          "concurrency": concurrency, "image_size": 64, "max_retries": 0, "timeout": 30}}
+                          "api_key_env": "FAKE_SERVER_KEY", "concurrency": concurrency, "image_size": 64,
+                          "max_retries": 0, "timeout": 30}}
     write_workspace(root, generators, num_videos=videos, num_frames=frames, batch_size=videos)
     before = len(server.requests)
     cwd = os.getcwd()
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="seconds added to every request")
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    os.environ.setdefault("OPENAI_API_KEY", "sk-bench-local")
+    os.environ.setdefault("FAKE_SERVER_KEY", "bench-local")  # the fake server's own key, never OPENAI_API_KEY
     with FakeOpenAIServer(latency=args.latency) as server, tempfile.TemporaryDirectory() as tmp:
         sequential = timed_run(server, Path(tmp) / "sequential", args.videos, args.frames, 1)
         concurrent = timed_run(server, Path(tmp) / "concurrent", args.videos, args.frames, args.concurrency)

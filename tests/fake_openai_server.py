@@ -71,7 +71,7 @@ class _QuietServer(ThreadingHTTPServer):
 class FakeOpenAIServer:
     def __init__(self, latency: float = 0.0, timeout_sleep: float = 2.0):
         self.latency, self.timeout_sleep = latency, timeout_sleep
-        self.requests: list[dict] = []  # {"path", "authorization", "body", "images", "fault"}
+        self.requests: list[dict] = []  # {"path", "authorization", "headers", "body", "images", "fault"}
         self.rules: list[tuple[str, str]] = []
         self._queue: list[str] = []
         self.in_flight = self.max_in_flight = 0
@@ -144,6 +144,7 @@ class FakeOpenAIServer:
                 images = [_describe(url) for url in _images(body)]
                 with server._lock:
                     server.requests.append({"path": self.path, "authorization": self.headers.get("authorization"),
+                                            "headers": dict(self.headers.items()),
                                             "body": body, "images": images, "fault": fault})
                 time.sleep(server.latency)
                 if fault == "401":

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from cater.data.frames import FrameStore, decode_video, safe_name
+from cater.data.frames import FrameStore, decode_video, frame_stem
 from cater.data.schema import group_by_video
 from cater.data.shapes import COLORS, SHAPES, visible
 from cater.prompts.annotations import AnnotationsBackend
@@ -28,8 +28,8 @@ def frame_store(shapes_set, tmp_path_factory) -> FrameStore:
     index = {}
     for vid, path in sorted(shapes_set.videos().items()):
         frames, times = decode_video(path, NUM_FRAMES, 32)
-        np.save(root / f"{safe_name(vid)}.npy", frames)
-        index[vid] = {"file": f"{safe_name(vid)}.npy", "times": times, "num_frames": NUM_FRAMES}
+        np.save(root / f"{frame_stem(vid)}.npy", frames)
+        index[vid] = {"file": f"{frame_stem(vid)}.npy", "times": times, "num_frames": NUM_FRAMES}
     (root / "index.json").write_text(json.dumps(index))
     return FrameStore(root)
 

@@ -222,8 +222,9 @@ def test_frames_stage_reports_bad_videos_then_skips_them(shapes_set, tmp_path, m
 
     monkeypatch.setattr(stage, "decode_video", parent_decode)
 
+    roots = {"videos": [str(shapes_set.root), str(tmp_path / "bad")]}  # the dataset's declared video folders
     with pytest.raises(RuntimeError, match="4 unreadable video") as info:
-        stage.run({"frames": dict(FRAMES_PARAMS)}, None)
+        stage.run({"frames": dict(FRAMES_PARAMS), "dataset": roots}, None)
     assert "skip_bad" in str(info.value)
     report = json.loads((tmp_path / "data/frames_bad_videos.json").read_text())
     assert sorted(report) == sorted(bad)
@@ -232,7 +233,7 @@ def test_frames_stage_reports_bad_videos_then_skips_them(shapes_set, tmp_path, m
     assert "zero-length" in report["bad-empty"] and "not found" in report["bad-missing"]
     assert not (tmp_path / "data/frames").exists()  # no output that looks valid
 
-    stage.run({"frames": {**FRAMES_PARAMS, "skip_bad": True}}, None)
+    stage.run({"frames": {**FRAMES_PARAMS, "skip_bad": True}, "dataset": roots}, None)
     store = FrameStore(tmp_path / "data/frames")
     good_ids = sorted(shapes_set.videos())
     assert sorted(store.index) == good_ids
@@ -270,9 +271,86 @@ def test_frames_stage_redecodes_a_changed_video(shapes_set, tmp_path, monkeypatc
     sample = Sample(id="clip-q", dataset="shapes", split="train", video=str(video), video_id="clip", question="Q?",
                     choices=["a", "b"], answer_idx=0, question_type="count")
     write_samples(tmp_path / "data" / "samples.jsonl", [sample])
-    params = {"frames": {**FRAMES_PARAMS, "workers": 1}}
+    params = {"frames": {**FRAMES_PARAMS, "workers": 1}, "dataset": {"videos": "videos"}}
     stage.run(params, None)
     shutil.copyfile(second[1], video)  # same path and id, new content
     stage.run(params, None)
     expected, _ = decode_video(video, 8, 32)
     np.testing.assert_array_equal(FrameStore(tmp_path / "data/frames").load("clip"), expected)
+
+
+# ---------------------------------------------------------------- media paths and frame file names
+
+def _sample(sample_id: str, video: str) -> Sample:
+    return Sample(id=sample_id, dataset="shapes", split="train", video=video, video_id=sample_id, question="Q?",
+                  choices=["a", "b"], answer_idx=0, question_type="count")
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute", "symlinked_root"])
+def test_frames_stage_refuses_videos_outside_the_declared_roots(shapes_set, tmp_path, monkeypatch, where):
+    import cater.stages.frames as stage
+
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    secret = outside / "secret.mp4"
+    shutil.copyfile(next(iter(shapes_set.videos().values())), secret)  # decodable: only the root check stops it
+    inside = tmp_path / "data" / "videos" / "ok.mp4"
+    inside.parent.mkdir(parents=True)
+    shutil.copyfile(secret, inside)
+    video = {"dotdot": f"data/videos/../../../{outside.name}/secret.mp4", "absolute": str(secret),
+             "symlinked_root": "data/link/secret.mp4"}[where]
+    if where == "symlinked_root":  # a link inside data/ is the repository's own doing (DVC links its cache)
+        (tmp_path / "data" / "link").symlink_to(outside)
+    write_samples(tmp_path / "data" / "samples.jsonl", [_sample("ok-q", "data/videos/ok.mp4"), _sample("evil-q", video)])
+    params = {"frames": {**FRAMES_PARAMS, "workers": 1}, "dataset": {"name": "shapes", "videos": None}}
+    if where == "symlinked_root":
+        stage.run(params, None)
+        assert sorted(FrameStore(tmp_path / "data/frames").index) == ["evil-q", "ok-q"]
+        return
+    with pytest.raises(ValueError) as info:  # MediaPathError
+        stage.run(params, None)
+    message = str(info.value)
+    assert "data/samples.jsonl" in message and "sample 'evil-q'" in message and "field 'video'" in message, message
+    assert repr(video) in message and "outside" in message, message
+    assert not (tmp_path / "data" / "frames").exists() and not (tmp_path / "data" / ".cache").exists()  # nothing decoded
+    # declared as the dataset's video folder, the same sample is read
+    stage.run({**params, "dataset": {"name": "msrvtt_qa", "videos": str(outside)}}, None)
+    assert sorted(FrameStore(tmp_path / "data/frames").index) == ["evil-q", "ok-q"]
+
+
+def test_frames_stage_accepts_frames_dir_roots(shapes_set, tmp_path, monkeypatch):
+    import cater.stages.frames as stage
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path.parent / f"{tmp_path.name}-tvqa" / "clip1"
+    folder.mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(np.full((32, 32, 3), 10 * i, dtype=np.uint8)).save(folder / f"{i + 1:05d}.png")
+    write_samples(tmp_path / "data" / "samples.jsonl", [_sample("clip1-q", str(folder))])
+    params = {"frames": {**FRAMES_PARAMS, "workers": 1}, "dataset": {"name": "tvqa", "frames_dir": str(folder.parent)}}
+    stage.run(params, None)
+    assert FrameStore(tmp_path / "data/frames").load("clip1-q").shape == (8, 32, 32, 3)
+    with pytest.raises(ValueError, match="sample 'clip1-q'"):  # MediaPathError
+        stage.run({**params, "dataset": {"name": "tvqa", "videos": str(tmp_path / "data")}}, None)
+
+
+@pytest.mark.parametrize("video_id", ["..", ".", "../../x", "/etc/passwd", ".hidden", "-rf", "a/b/c", "é" * 80])
+def test_frame_file_names_stay_in_their_folder(video_id):
+    from cater.data.frames import frame_stem
+    from cater.io import safe_name
+
+    name = frame_stem(video_id) + ".npy"
+    assert safe_name(name, "frame file") == name and "/" not in name
+    assert frame_stem(video_id) != frame_stem(video_id + "x")  # the hash keeps ids apart
+
+
+def test_frame_store_refuses_index_entries_outside_its_folder(tmp_path):
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.zeros((1, 2, 2, 3), dtype=np.uint8))
+    store = tmp_path / "frames"
+    store.mkdir()
+    (store / "index.json").write_text(json.dumps({"v": {"file": "../outside.npy", "times": [0.0], "num_frames": 1}}))
+    with pytest.raises(ValueError, match=r"index.json: video 'v': field 'file' '\.\./outside\.npy'"):
+        FrameStore(store)

@@ -125,3 +125,41 @@ def test_row_store_reads_other_writers_but_repairs_only_its_own(tmp_path):
     before = theirs.path.read_bytes()
     assert sorted(mine.load()) == ["a", "b"]
     assert theirs.path.read_bytes() == before  # another writer may still be appending
+
+
+# ---------------------------------------------------------------- names that become path components
+
+@pytest.mark.parametrize("name", ["annotations", "qwen-vl", "llava_7b", "gpt-4o.v2", "a", "x" * 100])
+def test_safe_name_accepts_plain_names(name):
+    from cater.io import safe_name
+
+    assert safe_name(name, "prompt generator") == name
+
+
+@pytest.mark.parametrize("name,reason", [
+    ("..", "must not start with '.'"),
+    (".", "must not start with '.'"),
+    (".hidden", "must not start with '.'"),
+    ("../../../x", "letters, digits"),
+    ("a/b", "letters, digits"),
+    ("a\\b", "letters, digits"),
+    ("/etc", "letters, digits"),
+    ("-rf", "must not start with '-'"),
+    ("", "is empty"),
+    ("caf\u00e9", "letters, digits"),
+    ("ok\n", "letters, digits"),
+    ("x" * 101, "longer than 100"),
+])
+def test_safe_name_refuses_names_that_leave_their_folder(name, reason):
+    from cater.io import safe_name
+
+    with pytest.raises(ValueError, match=reason) as info:
+        safe_name(name, "prompt generator")
+    assert str(info.value).startswith("prompt generator ")  # the message says which name was wrong
+
+
+def test_safe_name_refuses_non_strings():
+    from cater.io import safe_name
+
+    with pytest.raises(ValueError, match="teacher name 3: must be a string"):
+        safe_name(3, "teacher name")

@@ -111,3 +111,23 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_missing_section_is_an_error(params, tmp_path):
     with pytest.raises(ConfigError, match="frames"):
         load_params(write(tmp_path, edited(params, "frames", delete=True)))
+
+
+@pytest.mark.parametrize("section,key", [("prompts", "generators"), ("teacher", "models")])
+@pytest.mark.parametrize("name", ["..", "../../outside", ".hidden", "a/b"])
+def test_names_that_become_paths_are_validated(params, tmp_path, section, key, name):
+    """prompts.generators and teacher.models keys name folders and files (data/prompts/<name>.jsonl, ...)."""
+    entries = dict(params[section][key])
+    entries[name] = next(iter(entries.values()))
+    with pytest.raises(ConfigError) as info:
+        load_params(write(tmp_path, edited(params, f"{section}.{key}", entries)))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'params.yaml'}: {section}.{key}: ") and repr(name) in message, message
+
+
+@pytest.mark.parametrize("dotted", ["train.teacher", "train.prompt_generator"])
+def test_train_names_that_become_paths_are_validated(params, tmp_path, dotted):
+    only_train = {"train": edited(params, dotted, "../x")["train"]}  # no generators / models to compare with
+    with pytest.raises(ConfigError) as info:
+        load_params(write(tmp_path, only_train), required=("train",))
+    assert f"{dotted}: " in str(info.value) and "'../x'" in str(info.value), str(info.value)

@@ -139,3 +139,62 @@ def test_cache_key_follows_the_weights_at_a_path(tmp_path):
     again = HFBackend(model=str(path), cache_dir=tmp_path / "cache", max_new_tokens=4)
     again.generate([red_square_request()])
     assert again.generations == 1  # not answered from the first model's cache
+
+
+# ---- trust_remote_code: a checkpoint's own Python code runs only when the generator turns it on -------------
+
+REMOTE_CODE = '''
+import os
+from pathlib import Path
+
+Path(os.environ["CATER_REMOTE_CODE_MARKER"]).write_text("the checkpoint's code ran")
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class RemoteConfig(LlamaConfig):
+    model_type = "cater_remote_test"
+
+
+class RemoteForCausalLM(LlamaForCausalLM):
+    config_class = RemoteConfig
+'''
+
+
+@pytest.fixture
+def remote_code_model(tmp_path, monkeypatch):
+    """A tiny LM whose config.json names a model type only its own custom_code.py defines (auto_map)."""
+    import transformers.dynamic_module_utils as dynamic
+
+    path = write_tiny_causal_lm(tmp_path / "remote", seed=0, script=LIST_SCRIPT)
+    config = json.loads((path / "config.json").read_text())
+    config.update(model_type="cater_remote_test", architectures=["RemoteForCausalLM"],
+                  auto_map={"AutoConfig": "custom_code.RemoteConfig", "AutoModelForCausalLM": "custom_code.RemoteForCausalLM"})
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "custom_code.py").write_text(REMOTE_CODE)
+    marker = tmp_path / "remote-code-ran"
+    monkeypatch.setenv("CATER_REMOTE_CODE_MARKER", str(marker))
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))  # copies of the code land here
+    return path, marker
+
+
+def test_remote_code_does_not_run_by_default(remote_code_model, tmp_path, monkeypatch):
+    path, marker = remote_code_model
+    # someone at a terminal (or `yes | cater prompts ...`) would answer transformers' "run the custom code?" prompt
+    monkeypatch.setattr("builtins.input", lambda *args: "y")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        HFBackend(model=str(path), cache_dir=tmp_path / "cache", max_new_tokens=40).generate([red_square_request()])
+    assert not marker.exists()
+
+
+def test_remote_code_runs_when_the_generator_turns_it_on(remote_code_model, tmp_path):
+    path, marker = remote_code_model
+    backend = HFBackend(model=str(path), cache_dir=tmp_path / "cache", max_new_tokens=40, trust_remote_code=True)
+    [result] = backend.generate([red_square_request()])
+    assert isinstance(result, VideoPrompts), result
+    assert marker.exists() and type(backend._model).__name__ == "RemoteForCausalLM"
+
+
+def test_trust_remote_code_must_be_a_boolean(tmp_path):
+    with pytest.raises(ValueError, match="trust_remote_code must be true or false"):
+        HFBackend(model="x", cache_dir=tmp_path, trust_remote_code="yes")

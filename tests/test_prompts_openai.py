@@ -1,6 +1,7 @@
 """The `openai` prompt backend against a local OpenAI-compatible server (tests/fake_openai_server.py)."""
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,7 +14,9 @@ from cater.prompts.base import PromptError, PromptRequest, VideoPrompts
 from cater.prompts.openai_backend import OpenAIBackend, image_tokens, parse_output
 from cater.prompts.registry import make_backend, result_config
 
-KEY = "sk-test-DO-NOT-LEAK-4242"
+KEY = "sk-test-DO-NOT-LEAK-4242"  # the real OpenAI key: it must never reach another host
+SERVER_KEY = "local-server-key-1234"  # the fake server's own key, in FAKE_SERVER_KEY
+SERVER_KEY_ENV = "FAKE_SERVER_KEY"
 
 
 def requests_for(n: int, num_frames: int = 4, size=(48, 64)) -> list[PromptRequest]:
@@ -37,10 +40,12 @@ def server():
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv(SERVER_KEY_ENV, SERVER_KEY)
 
 
 def backend(server, tmp_path, **options) -> OpenAIBackend:
-    options = {"model": "gpt-4o-mini", "base_url": server.base_url, "max_retries": 2, "timeout": 1.0, **options}
+    options = {"model": "gpt-4o-mini", "base_url": server.base_url, "api_key_env": SERVER_KEY_ENV, "max_retries": 2,
+               "timeout": 1.0, **options}
     return OpenAIBackend(cache_dir=tmp_path / "responses", **options)
 
 
@@ -51,7 +56,7 @@ def test_images_and_questions_reach_the_server(server, tmp_path, api, path, imag
     results = backend(server, tmp_path, api=api, image_format=image_format, image_size=32).generate(reqs)
     assert all(isinstance(r, VideoPrompts) for r in results), results
     assert [r["path"] for r in server.requests] == [path, path]
-    assert all(r["authorization"] == f"Bearer {KEY}" for r in server.requests)
+    assert all(r["authorization"] == f"Bearer {SERVER_KEY}" for r in server.requests)
     by_question = {str(r["body"]).split("What moved in clip ")[1][0]: r for r in server.requests}
     for v, request in enumerate(reqs):
         got = by_question[str(v)]
@@ -137,12 +142,70 @@ def test_concurrency_runs_requests_in_parallel(server, tmp_path):
 
 
 def test_missing_key_fails_before_any_request(server, tmp_path, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY")
-    with pytest.raises(ValueError, match="OPENAI_API_KEY is not set"):
+    monkeypatch.delenv(SERVER_KEY_ENV)
+    with pytest.raises(ValueError, match=f"{SERVER_KEY_ENV} is not set"):
         backend(server, tmp_path).generate(requests_for(1))
+    assert server.requests == []
     monkeypatch.setenv("MY_SERVER_KEY", "local-key")
     backend(server, tmp_path, api_key_env="MY_SERVER_KEY").generate(requests_for(1))
     assert [r["authorization"] for r in server.requests] == ["Bearer local-key"]
+
+
+# ---- the OpenAI key goes only to OpenAI ---------------------------------------------------------
+
+
+def test_another_host_without_api_key_env_is_refused_before_sending(server, tmp_path):
+    """With OPENAI_API_KEY set, a loopback base_url without api_key_env once got the OpenAI key."""
+    with pytest.raises(ValueError, match=r"api_key_env") as info:
+        OpenAIBackend(model="m", cache_dir=tmp_path, base_url=server.base_url).generate(requests_for(1))
+    assert server.base_url in str(info.value) and "OPENAI_API_KEY" in str(info.value)
+    with pytest.raises(ValueError, match=r"prompts\.generators\.local: .*api_key_env"):
+        make_backend("local", {"backend": "openai", "model": "m", "base_url": server.base_url}, tmp_path)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("base_url", ["http://api.openai.com/v1", "https://api.openai.com.example.net/v1",
+                                      "https://api.openai.com@example.net/v1", "https://example.net/api.openai.com/v1"])
+def test_look_alike_hosts_are_not_openai(tmp_path, base_url):
+    with pytest.raises(ValueError, match="api_key_env"):
+        OpenAIBackend(model="m", cache_dir=tmp_path, base_url=base_url)
+
+
+def test_the_openai_key_cannot_be_named_for_another_host(server, tmp_path):
+    with pytest.raises(ValueError, match="OPENAI_API_KEY is only sent to https://api.openai.com"):
+        backend(server, tmp_path, api_key_env="OPENAI_API_KEY")
+    assert server.requests == []
+
+
+def test_api_key_env_sends_that_key_and_never_the_openai_one(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", KEY + "-admin")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-" + KEY)
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-" + KEY)
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", f"Authorization: Bearer {KEY}")
+    for api in ("responses", "chat"):
+        results = backend(server, tmp_path / api, api=api).generate(requests_for(2))
+        assert all(isinstance(r, VideoPrompts) for r in results), results
+    assert len(server.requests) == 4
+    assert all(r["authorization"] == f"Bearer {SERVER_KEY}" for r in server.requests)
+    for r in server.requests:
+        assert KEY not in json.dumps(r["headers"]), r["headers"]
+
+
+@pytest.mark.parametrize("no_key", [None, "none", "None"])
+def test_api_key_env_null_sends_no_key(server, tmp_path, monkeypatch, no_key):
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", f"Authorization: Bearer {KEY}")
+    results = backend(server, tmp_path, api_key_env=no_key).generate(requests_for(1))
+    assert isinstance(results[0], VideoPrompts), results
+    [sent] = server.requests
+    assert sent["authorization"] is None and KEY not in json.dumps(sent["headers"]) and SERVER_KEY not in json.dumps(sent["headers"])
+
+
+def test_openai_itself_gets_the_openai_key_by_default(tmp_path, monkeypatch, server):
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)  # must not redirect the key either
+    for base_url in (None, "https://api.openai.com/v1", "https://API.openai.com/v1/"):
+        client = OpenAIBackend(model="m", cache_dir=tmp_path, base_url=base_url).client()
+        assert client.api_key == KEY and str(client.base_url).startswith("https://api.openai.com/v1"), client.base_url
+    assert server.requests == []
 
 
 def test_bad_options_fail_early(tmp_path):
@@ -193,5 +256,5 @@ def test_keys_are_redacted_from_error_reasons(server, tmp_path):
         "Incorrect API key provided: sk-<redacted>."
     server.rules.append(("clip 0?", "401"))
     [failed] = backend(server, tmp_path).generate(requests_for(1))
-    assert "HTTP 401 AuthenticationError" in str(failed) and KEY not in str(failed)
+    assert "HTTP 401 AuthenticationError" in str(failed) and SERVER_KEY not in str(failed) and KEY not in str(failed)
     assert len(server.requests) == 1  # 401 is not retried

@@ -19,7 +19,9 @@ from fake_openai_server import FakeOpenAIServer, write_workspace
 from cater.io import read_jsonl
 from cater.stages.prompts import main
 
-KEY = "sk-stage-test-SECRET-31337"
+KEY = "sk-stage-test-SECRET-31337"  # the fake server's key, in FAKE_SERVER_KEY (named by api_key_env)
+KEY_ENV = "FAKE_SERVER_KEY"
+OPENAI_KEY = "sk-openai-NEVER-SENT-TO-ANOTHER-HOST"
 
 
 @pytest.fixture
@@ -29,8 +31,8 @@ def server():
 
 
 def gpt(server, **options) -> dict:
-    return {"gpt": {"backend": "openai", "model": "gpt-4o-mini", "base_url": server.base_url, "max_retries": 1,
-                    "timeout": 5, "concurrency": 2, "image_size": 32, **options}}
+    return {"gpt": {"backend": "openai", "model": "gpt-4o-mini", "base_url": server.base_url, "api_key_env": KEY_ENV,
+                    "max_retries": 1, "timeout": 5, "concurrency": 2, "image_size": 32, **options}}
 
 
 def run_stage(workdir: Path, monkeypatch, generator: str = "gpt") -> int:
@@ -43,7 +45,7 @@ def all_files(root: Path) -> list[Path]:
 
 
 def test_openai_stage_output_rerun_and_cache(server, tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv(KEY_ENV, KEY)
     ws = write_workspace(tmp_path, gpt(server), num_videos=5)
     assert run_stage(tmp_path, monkeypatch) == 0
     out = tmp_path / "data/prompts/gpt.jsonl"
@@ -65,12 +67,12 @@ def test_openai_stage_output_rerun_and_cache(server, tmp_path, monkeypatch, capf
 
     shutil.rmtree(tmp_path / "data/.cache/prompts/gpt/rows")
     out.unlink()
-    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv(KEY_ENV)
     assert run_stage(tmp_path, monkeypatch) == 0
     assert len(server.requests) == 5 and out.read_bytes() == first_output
 
     # a server that quotes the key back in an error: the failure reason does not keep it
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv(KEY_ENV, KEY)
     shutil.rmtree(tmp_path / "data/.cache/prompts/gpt")
     server.rules.append(("about video000?", "401"))
     assert run_stage(tmp_path, monkeypatch) == 1
@@ -86,7 +88,7 @@ def test_openai_stage_output_rerun_and_cache(server, tmp_path, monkeypatch, capf
 
 
 def test_failures_are_reported_and_retried_on_the_next_run(server, tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv(KEY_ENV, KEY)
     write_workspace(tmp_path, gpt(server), num_videos=4)
     server.rules.append(("about video002?", "500"))
     assert run_stage(tmp_path, monkeypatch) == 1  # max_failures 0
@@ -105,7 +107,7 @@ def test_failures_are_reported_and_retried_on_the_next_run(server, tmp_path, mon
 
 
 def test_failures_within_threshold_leave_the_video_out(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv(KEY_ENV, KEY)
     write_workspace(tmp_path, gpt(server, api="chat"), num_videos=4, max_failures=1)
     server.rules.append(("about video001?", "schema"))
     assert run_stage(tmp_path, monkeypatch) == 0
@@ -116,11 +118,31 @@ def test_failures_within_threshold_leave_the_video_out(server, tmp_path, monkeyp
 
 
 def test_missing_key_stops_the_stage_before_any_request(server, tmp_path, monkeypatch, capfd):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv(KEY_ENV, raising=False)
     write_workspace(tmp_path, gpt(server), num_videos=2)
     assert run_stage(tmp_path, monkeypatch) == 1
-    assert "OPENAI_API_KEY is not set" in capfd.readouterr().err
+    assert f"{KEY_ENV} is not set" in capfd.readouterr().err
     assert server.requests == []
+
+
+def test_another_host_without_api_key_env_stops_the_stage_before_any_request(server, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    generators = gpt(server)
+    del generators["gpt"]["api_key_env"]
+    write_workspace(tmp_path, generators, num_videos=2)
+    assert run_stage(tmp_path, monkeypatch) == 1
+    err = capfd.readouterr().err
+    assert "prompts.generators.gpt" in err and "api_key_env" in err and server.base_url in err, err
+    assert server.requests == []
+
+
+def test_the_stage_sends_the_named_key_and_never_the_openai_one(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    write_workspace(tmp_path, gpt(server), num_videos=3)
+    assert run_stage(tmp_path, monkeypatch) == 0
+    assert len(server.requests) == 3 and {r["authorization"] for r in server.requests} == {f"Bearer {KEY}"}
+    assert not any(OPENAI_KEY in json.dumps(r["headers"]) for r in server.requests)
 
 
 def test_annotations_backend_through_the_stage(tmp_path, monkeypatch):
@@ -130,6 +152,18 @@ def test_annotations_backend_through_the_stage(tmp_path, monkeypatch):
     rows = read_jsonl(tmp_path / "data/prompts/annotations.jsonl")
     assert [r["video_id"] for r in rows] == ws["videos"]
     assert all(r["events"][0]["text"].startswith("First, a ") for r in rows)
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", ".."])
+def test_generator_names_cannot_leave_the_repository(tmp_path, monkeypatch, capfd, name):
+    """`--generator ../../../x` once wrote data/prompts/../../../x.jsonl (and its cache) outside the workspace."""
+    ws = tmp_path / "a" / "ws"
+    write_workspace(ws, {name: {"backend": "annotations", "omit_prob": 0.0, "confuse_prob": 0.0}}, num_videos=3)
+    before = {p for p in tmp_path.rglob("*")}
+    assert run_stage(ws, monkeypatch, name) == 1
+    err = capfd.readouterr().err
+    assert repr(name) in err and "prompts.generators" in err, err
+    assert {p for p in tmp_path.rglob("*")} == before  # nothing written, inside the workspace or out of it
 
 
 def test_hf_backend_through_the_stage(tmp_path, monkeypatch):
@@ -155,7 +189,7 @@ def test_hf_backend_through_the_stage(tmp_path, monkeypatch):
 
 
 def _stage_process(workdir: Path) -> subprocess.Popen:
-    env = {**os.environ, "OPENAI_API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, KEY_ENV: KEY, "OPENAI_API_KEY": OPENAI_KEY, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "cater.stages.prompts", "--generator", "gpt"], cwd=workdir, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -130,3 +130,40 @@ def test_video_id_defaults_to_video_and_groups():
     b = Sample(id="b", dataset="d", split="train", video="v.mp4", question="q", choices=["x", "y"], answer_idx=1, question_type="t")
     assert a.video_id == "v.mp4"
     assert group_by_video([a, b]) == {"v.mp4": [a, b]}
+
+
+# ---------------------------------------------------------------- size limits (a 102k-character question OOM-killed a run)
+
+@pytest.mark.parametrize("field,value,detail", [
+    ("question", "Why? " * 20_400, "field 'question' has 102000 characters (limit 2000)"),
+    ("question", "q" * 2001, "field 'question' has 2001 characters (limit 2000)"),
+    ("choices", ["short", "x" * 501], "field 'choices[1]' has 501 characters (limit 500)"),
+    ("subtitles", "line\n" * 4001, "field 'subtitles' has 20005 characters (limit 20000)"),
+    ("choices", [f"option {i}" for i in range(27)], "field 'choices' has 27 choices (limit 26)"),
+    ("video_id", "v" * 257, "field 'video_id' has 257 characters (limit 256)"),
+    ("video", "v/" * 2049, "field 'video' has 4098 characters (limit 4096)"),
+    ("question_type", "t" * 101, "field 'question_type' has 101 characters (limit 100)"),
+    ("events", [{"label": "x"}] * 257, "field 'events' has 257 events (limit 256)"),
+])
+def test_text_fields_over_their_limit_are_refused(tmp_path, field, value, detail):
+    message = bad_file_error(tmp_path, json.dumps(record(id="v1-q9", **{field: value})))
+    assert f"sample 'v1-q9': {detail}" in message, message
+    assert len(message) < 500  # the error does not quote the oversized text
+
+
+def test_an_oversized_id_is_refused_without_quoting_it(tmp_path):
+    message = bad_file_error(tmp_path, json.dumps(record(id="i" * 10_000)))
+    assert "field 'id' has 10000 characters (limit 256)" in message and len(message) < 500, message
+
+
+def test_text_fields_at_their_limit_pass(tmp_path):
+    path = write_lines(tmp_path / "samples.jsonl", [json.dumps(record(
+        question="q" * 2000, choices=["c" * 500] + [f"o{i}" for i in range(25)], subtitles="s" * 20000,
+        question_type="t" * 100, video_id="v" * 256))])
+    [sample] = read_samples(path)
+    assert len(sample.question) == 2000 and len(sample.choices) == 26
+
+
+def test_a_huge_line_is_refused_before_it_is_parsed(tmp_path):
+    message = bad_file_error(tmp_path, json.dumps(record(events=[{"label": "x" * 1000}] * 250)))
+    assert "line has" in message and "characters (limit 200000)" in message and len(message) < 500, message

@@ -294,6 +294,16 @@ def test_stage_unknown_teacher_name_fails(tmp_path, tiny_path, monkeypatch, caps
     assert "no teacher 'teacher.models.gpt5' (defined: videollava)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["..", ".", "../x"])
+def test_stage_teacher_names_that_leave_data_teacher_fail(tmp_path, monkeypatch, capsys, name):
+    """`..` passed the old `[A-Za-z0-9_.-]+` check and made data/teacher/.. the output folder."""
+    monkeypatch.chdir(tmp_path)
+    assert stage.main(["--name", name, "--params", str(tmp_path / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"teacher name {name!r}" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------ kills and several processes
 
 

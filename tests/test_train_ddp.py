@@ -26,6 +26,7 @@ from cater.train import (
     load_student,
     load_teacher_outputs,
     predict,
+    save_student,
     train,
 )
 
@@ -224,8 +225,8 @@ def test_train_in_process_and_determinism(cache, tmp_path):
     assert first["best_epoch"] == [m["val/accuracy"] for _, m in logged].index(first["val_accuracy"])
     assert first["train_config"]["distill"]["mode"] == "hybrid"
     # the saved checkpoint reloads into a student that reproduces the selected model's predictions
-    torch.save(first, tmp_path / "student.pt")
-    student, _ = load_student(tmp_path / "student.pt")
+    save_student(first, tmp_path / "student.safetensors")
+    student, _ = load_student(tmp_path / "student.safetensors")
     features, _, val_split, batcher = prepare(cache, cfg)
     logits = predict(student, batcher, val_split)
     assert logits.shape == (8, 5)
@@ -258,8 +259,7 @@ DDP_SCRIPT = textwrap.dedent('''
 
     sys.path.insert(0, sys.argv[2])
     from test_train_ddp import config, prepare
-    from cater.io import atomic_path
-    from cater.train import train
+    from cater.train import save_student, train
 
     root = Path(sys.argv[1])
     cfg = config()
@@ -273,8 +273,7 @@ DDP_SCRIPT = textwrap.dedent('''
         {"world": state.num_processes, "backend": str(state.backend), "logged": len(logged),
          "val_accuracy": checkpoint["val_accuracy"], "best_epoch": checkpoint["best_epoch"]}))
     if state.is_main_process:
-        with atomic_path(out / "student.pt") as tmp:
-            torch.save(checkpoint, tmp)
+        save_student(checkpoint, out / "student.safetensors")
     state.wait_for_everyone()
 ''')
 
@@ -298,8 +297,8 @@ def test_train_under_torchrun_two_processes(cache, tmp_path):
     w0, w1 = (torch.load(out / f"weights-rank{r}.pt") for r in (0, 1))
     for key in w0:  # DDP kept the replicas in sync
         torch.testing.assert_close(w0[key], w1[key], atol=0, rtol=0)
-    assert sorted(p.name for p in out.glob("student*")) == ["student.pt"]  # written once, no temp leftovers
-    ddp_checkpoint = torch.load(out / "student.pt", weights_only=False)
+    assert sorted(p.name for p in out.glob("*student*")) == ["student.safetensors"]  # written once, no temp leftovers
+    _, ddp_checkpoint = load_student(out / "student.safetensors")
     single, _ = run_training(cache, config())
     assert ddp_checkpoint["model"].keys() == single["model"].keys()  # unwrapped: no "module." prefixes
     assert ddp_checkpoint["student_config"] == single["student_config"]

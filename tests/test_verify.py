@@ -30,7 +30,7 @@ LOCK = {"schema": "2.0", "stages": {
     "dataset": stage({"src/cater/stages/dataset.py": "d1"}, {"data/samples.jsonl": "s1", "data/videos": "v1.dir"}, {"dataset": {"seed": 0}}),
     "frames": stage({"data/videos": "v1.dir"}, {"data/frames": "f1.dir"}),
     "features": stage({"data/frames": "f1.dir", "src/cater/features.py": "c1"}, {"data/features": "x1.dir"}),
-    "train": stage({"data/features": "x1.dir"}, {"models/student.pt": "m1", "metrics/train/metrics.json": "j1"}),
+    "train": stage({"data/features": "x1.dir"}, {"models/student.safetensors": "m1", "metrics/train/metrics.json": "j1"}),
 }}
 
 
@@ -55,7 +55,7 @@ def test_identical_locks():
 def test_float_stage_with_same_inputs_gets_the_known_reason():
     reproduced = edited(LOCK, "features", "outs", "data/features", "x2.dir")
     reproduced = edited(reproduced, "train", "deps", "data/features", "x2.dir")
-    reproduced = edited(reproduced, "train", "outs", "models/student.pt", "m2")
+    reproduced = edited(reproduced, "train", "outs", "models/student.safetensors", "m2")
     results = by_stage(compare_locks(LOCK, reproduced))
     assert results["features"].differing_outs == ["data/features"]
     assert results["features"].reason == KNOWN_REASONS["features"]
@@ -73,7 +73,7 @@ def test_data_stage_difference_and_stale_lock():
     stale = edited(LOCK, "features", "deps", "src/cater/features.py", "c2")
     stale = edited(stale, "features", "outs", "data/features", "x2.dir")
     stale = edited(stale, "train", "deps", "data/features", "x2.dir")
-    stale = edited(stale, "train", "outs", "models/student.pt", "m2")
+    stale = edited(stale, "train", "outs", "models/student.safetensors", "m2")
     results = by_stage(compare_locks(LOCK, stale))
     assert results["features"].stale and results["features"].reason == f"{STALE}: src/cater/features.py changed"
     # a stage fed by a stale stage is stale too: its committed outputs came from other inputs
@@ -155,7 +155,7 @@ def test_verify_exits_non_zero_on_a_numerical_regression(monkeypatch):
 
 def test_stale_stages_are_reported_and_not_counted():
     lock = copy.deepcopy(LOCK)
-    lock["stages"]["eval"] = stage({"models/student.pt": "m1", "src/cater/stages/evaluate.py": "e1"}, {"metrics/eval.json": "e1"})
+    lock["stages"]["eval"] = stage({"models/student.safetensors": "m1", "src/cater/stages/evaluate.py": "e1"}, {"metrics/eval.json": "e1"})
     reproduced = edited(lock, "eval", "deps", "src/cater/stages/evaluate.py", "e2")  # code changed, lock not refreshed
     reproduced = edited(reproduced, "eval", "outs", "metrics/eval.json", "e2")
     results = compare_locks(lock, reproduced)

@@ -937,7 +937,7 @@ def build_report(grid: Grid, baseline: Baseline, out: Path, compare_command: str
 COMPARE_ARGS = [
     "dvc", "exp", "show", "--only-changed", "--hide-failed", "--hide-queued", "--hide-workspace",
     # dvc matches these from the start of the full column name (`metrics/eval.json:test.accuracy`)
-    "--drop", r".*(loss|(^|[:.])val\.|best_val|step$|best_epoch|chance|per_type|test\.n$|models/student\.pt)|Created|State|Executor",
+    "--drop", r".*(loss|(^|[:.])val\.|best_val|step$|best_epoch|chance|per_type|ci95|baselines|test\.n$|[:.]lr$|models/student\.safetensors)|Created|State|Executor",
     "--keep", r".*test\.accuracy$",
     "--sort-by", f"{EVAL_METRICS}:test.accuracy", "--sort-order", "desc", "--precision", "3",
 ]

@@ -1,4 +1,4 @@
-"""Small I/O helpers: atomic writes, stable hashes, and an append-only resumable row store."""
+"""Small I/O helpers: atomic writes, stable hashes, an append-only resumable row store, and `safe_name`."""
 from __future__ import annotations
 
 import base64
@@ -6,11 +6,38 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+
+
+SAFE_NAME_MAX = 100
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def safe_name(name: Any, what: str, max_length: int = SAFE_NAME_MAX) -> str:
+    """`name` if it is safe as one path component (a file or folder name), else ValueError naming `what`.
+
+    Every name that becomes part of a path goes through here: prompt generator and teacher names (params keys,
+    `--generator`, `--name`) and the frame store's file names. Allowed: ASCII letters, digits, `_`, `-` and `.`,
+    at most `max_length` characters, not starting with `.` (so never `.` or `..`, nor a hidden file) or `-`
+    (which reads as an option on a command line such as dvc.yaml's `--generator ${key}`).
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"{what} {name!r}: must be a string")
+    if not name:
+        raise ValueError(f"{what} is empty")
+    shown = repr(name) if len(name) <= 2 * max_length else repr(name[:max_length]) + "..."
+    if len(name) > max_length:
+        raise ValueError(f"{what} {shown}: longer than {max_length} characters")
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{what} {shown}: use only ASCII letters, digits, '_', '-' and '.' (it becomes a file name)")
+    if name[0] in ".-":
+        raise ValueError(f"{what} {shown}: must not start with {name[0]!r} (it becomes a file name)")
+    return name
 
 
 @contextlib.contextmanager

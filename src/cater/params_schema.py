@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cater.config import ConfigError
+from cater.io import safe_name
 from cater.models.student import FRAME_POOLS, FUSIONS, TEMPORAL_HEADS
 from cater.train import LR_SCHEDULES
 
@@ -113,6 +114,7 @@ def validate(params: dict[str, Any], source: str = "params.yaml", required: tupl
     for section, spec in SCHEMA.items():
         if section in params:
             _check(params[section], spec, (section,), source)
+    _check_names(params, source)
     train = params.get("train", {})
     prompts = params.get("prompts", {}).get("generators", {})
     if train.get("prompt_generator") and prompts and train["prompt_generator"] not in prompts:
@@ -120,3 +122,25 @@ def validate(params: dict[str, Any], source: str = "params.yaml", required: tupl
     teachers = params.get("teacher", {}).get("models", {})
     if train.get("teacher") and teachers and train["teacher"] not in teachers:
         raise ConfigError(f"{source}: train.teacher {train['teacher']!r} is not in teacher.models ({', '.join(teachers)})")
+
+
+# Params whose keys (or values) become path components: data/prompts/<generator>.jsonl, data/teacher/<name>/, ...
+NAMED_ENTRIES = {("prompts", "generators"): "prompt generator name", ("teacher", "models"): "teacher name"}
+NAME_VALUES = {("train", "prompt_generator"): "prompt generator name", ("train", "teacher"): "teacher name"}
+
+
+def _check_names(params: dict[str, Any], source: str) -> None:
+    """Every name that becomes a file or folder name passes `cater.io.safe_name` (no `..`, no `/`, ...)."""
+    for (section, key), what in NAMED_ENTRIES.items():
+        for name in (params.get(section) or {}).get(key) or {}:
+            try:
+                safe_name(name, what)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {section}.{key}: {exc}") from None
+    for (section, key), what in NAME_VALUES.items():
+        value = (params.get(section) or {}).get(key)
+        if value is not None:
+            try:
+                safe_name(value, what)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {section}.{key}: {exc}") from None

@@ -1,20 +1,24 @@
-"""Uniform frame sampling with decord, and the on-disk frame store every later stage reads.
+"""Uniform frame sampling with decord, the on-disk frame store every later stage reads, and the
+check that keeps the videos a samples file names inside the folders the dataset declares.
 
 Layout of a frame store directory:
     index.json          {video_id: {"file": "<name>.npy", "times": [...], "num_frames": N}}
-    <name>.npy          uint8 [N, H, W, 3] per video, short side resized to `size`
+    <name>.npy          uint8 [N, H, W, 3] per video, short side resized to `size`; <name> is
+                        `frame_stem(video_id)`, a plain file name (`cater.io.safe_name`)
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from cater.io import stable_hash
+from cater.io import safe_name, stable_hash
 
 
 class BadVideoError(RuntimeError):
@@ -111,10 +115,63 @@ def _decode_frame_folder(path: Path, num_frames: int, size: int, start, end, fps
     return resize_short_side(frames, size), [round(i / fps, 4) for i in indices]
 
 
-def safe_name(video_id: str) -> str:
-    """A filesystem-safe, collision-free file stem for a video id."""
+def frame_stem(video_id: str) -> str:
+    """A collision-free file stem for a video id that is a plain file name whatever the id holds.
+
+    Characters outside [A-Za-z0-9._-] become `_`, the last 60 are kept, a leading `.` or `-` becomes `_`
+    (no `..`, no hidden file, no option-like name), and a hash of the full id keeps ids apart.
+    """
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", video_id)[-60:]
-    return f"{stem}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+    if not stem or stem[0] in ".-":
+        stem = "_" + stem[1:]
+    return safe_name(f"{stem}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}", f"frame file stem of video {video_id!r}")
+
+
+# ---- where sample videos may be read from ----------------------------------------------------------------------
+
+
+class MediaPathError(ValueError):
+    """A sample's `video` lies outside the allowed media roots; the message names the file, sample, field and path."""
+
+
+REPO_DATA = Path("data")  # relative to the repository root, where every stage runs
+
+
+def media_roots(dataset: dict[str, Any] | None, repo_data: str | Path = REPO_DATA) -> list[Path]:
+    """The folders sample videos may be read from: the repository's `data/`, plus the dataset's declared
+    video roots from params (`dataset.videos`: one folder or a list; `dataset.frames_dir`: likewise)."""
+    from cater.data.adapters import as_dirs
+
+    dataset = dataset or {}
+    return [Path(repo_data), *as_dirs(dataset.get("videos")), *as_dirs(dataset.get("frames_dir"))]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_media_paths(samples: Iterable, roots: Sequence[str | Path], source: str) -> None:
+    """Refuse (MediaPathError) any sample whose `video` lies outside every root.
+
+    A path counts as inside a root when it is inside it as written (made absolute, `..` folded away), or when
+    it is inside it after symlinks are resolved on both sides. Links the repository itself holds under a root
+    (DVC's symlink cache, a data/videos link to a big disk) stay usable; a samples file cannot climb out with
+    `..` or an absolute path.
+    """
+    lexical = [Path(os.path.abspath(root)) for root in roots]
+    resolved = [Path(root).resolve() for root in roots]
+    checked: dict[str, bool] = {}
+    for sample in samples:
+        video = sample.video
+        if video not in checked:
+            path = Path(video)
+            checked[video] = (any(_inside(Path(os.path.abspath(path)), root) for root in lexical)
+                              or any(_inside(path.resolve(), root) for root in resolved))
+        if not checked[video]:
+            allowed = ", ".join(str(root) for root in roots)
+            raise MediaPathError(
+                f"{source}: sample {sample.id!r}: field 'video' is {video!r}, outside the allowed media roots ({allowed}); "
+                "videos must lie under data/ or a folder declared in params dataset.videos / dataset.frames_dir")
 
 
 @dataclass
@@ -129,6 +186,14 @@ class FrameStore:
         if not index_path.exists():
             raise FileNotFoundError(f"{index_path}: frame index missing; run the frames stage first")
         self.index: dict[str, dict] = json.loads(index_path.read_text())
+        for video_id, entry in self.index.items():  # an index (it may come by `dvc pull`) names files in this folder only
+            where = f"{index_path}: video {video_id!r}"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: expected an object")
+            safe_name(entry.get("file"), f"{where}: field 'file'")
+            digest = entry.get("digest")  # part of the features stage's cache file names
+            if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{1,64}", digest)):
+                raise ValueError(f"{where}: field 'digest' is {digest!r}, expected a hex digest")
 
     def __contains__(self, video_id: str) -> bool:
         return video_id in self.index

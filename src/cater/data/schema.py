@@ -2,6 +2,10 @@
 
 A sample is one multiple-choice question about one video. `samples.jsonl` holds one JSON
 object per line; `read_samples` validates every line and names `file:line` and the field on error.
+
+Text fields have size limits (`LIMITS`, `MAX_CHOICES`, `MAX_EVENTS`, `MAX_LINE_CHARS`), far above any
+official dataset's, so one malformed record cannot blow up tokenization downstream (a 102k-character
+question once took a run to 22 GB); an oversized field is an error naming file:line, sample and field.
 """
 from __future__ import annotations
 
@@ -63,6 +67,23 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
 }
 
 
+# Characters per field (per choice for `choices`). TVQA's longest question is ~250 characters and its
+# subtitles per clip window a few thousand; the limits leave a wide margin.
+LIMITS: dict[str, int] = {
+    "id": 256,
+    "dataset": 100,
+    "video": 4096,
+    "video_id": 256,
+    "question": 2000,
+    "choices": 500,
+    "question_type": 100,
+    "subtitles": 20000,
+}
+MAX_CHOICES = 26  # the teachers accept at most len(teachers.base.LETTERS); the runner checks that
+MAX_EVENTS = 256
+MAX_LINE_CHARS = 200_000  # a whole JSON line, checked before it is parsed
+
+
 def _fail(where: str, msg: str) -> SchemaError:
     return SchemaError(f"{where}: {msg}")
 
@@ -83,6 +104,7 @@ def validate_record(record: Any, where: str) -> Sample:
     unknown = set(record) - set(_REQUIRED) - set(_OPTIONAL)
     if unknown:
         raise _fail(where, f"unknown field(s) {sorted(unknown)}")
+    _check_sizes(record, where)
     if not record["id"]:
         raise _fail(where, "field 'id' is empty")
     if record["split"] not in SPLITS:
@@ -104,6 +126,26 @@ def validate_record(record: Any, where: str) -> Sample:
     return Sample(**record)
 
 
+def _check_sizes(record: dict, where: str) -> None:
+    """The size limits, on a record whose fields have the right types; never quotes the oversized text."""
+    if len(record["id"]) > LIMITS["id"]:
+        raise _fail(where, f"field 'id' has {len(record['id'])} characters (limit {LIMITS['id']})")
+    sample = f"sample {record['id']!r}"
+    for key, limit in LIMITS.items():
+        value = record.get(key)
+        if key != "choices" and isinstance(value, str) and len(value) > limit:
+            raise _fail(where, f"{sample}: field '{key}' has {len(value)} characters (limit {limit})")
+    choices = record["choices"]
+    if len(choices) > MAX_CHOICES:
+        raise _fail(where, f"{sample}: field 'choices' has {len(choices)} choices (limit {MAX_CHOICES})")
+    for i, choice in enumerate(choices):
+        if isinstance(choice, str) and len(choice) > LIMITS["choices"]:
+            raise _fail(where, f"{sample}: field 'choices[{i}]' has {len(choice)} characters (limit {LIMITS['choices']})")
+    events = record.get("events")
+    if events is not None and len(events) > MAX_EVENTS:
+        raise _fail(where, f"{sample}: field 'events' has {len(events)} events (limit {MAX_EVENTS})")
+
+
 def _type_name(typ: type | tuple[type, ...]) -> str:
     if isinstance(typ, tuple):
         return " or ".join("null" if t is type(None) else t.__name__ for t in typ)
@@ -117,6 +159,8 @@ def parse_samples(lines: Iterable[str], source: str) -> list[Sample]:
         if not line.strip():
             continue
         where = f"{source}:{lineno}"
+        if len(line) > MAX_LINE_CHARS:
+            raise _fail(where, f"line has {len(line)} characters (limit {MAX_LINE_CHARS}); a field is far too long")
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -129,10 +173,19 @@ def parse_samples(lines: Iterable[str], source: str) -> list[Sample]:
     return samples
 
 
+def _bounded_lines(handle) -> Iterable[str]:
+    """The file's lines, none read past MAX_LINE_CHARS + 1 characters (parse_samples refuses such a line)."""
+    while True:
+        line = handle.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        yield line
+
+
 def read_samples(path: str | Path) -> list[Sample]:
     path = Path(path)
     with path.open(encoding="utf-8") as handle:
-        return parse_samples(handle, str(path))
+        return parse_samples(_bounded_lines(handle), str(path))
 
 
 def write_samples(path: str | Path, samples: Iterable[Sample]) -> None:

@@ -22,6 +22,10 @@ Vicuna's tokenizer ships no chat template: `chat_template: vicuna` selects the b
 other string is used as a Jinja template). Templates that reject a system turn (Mistral) get the
 instructions prepended to the user turn.
 
+A checkpoint's own Python code (`auto_map` in its config) never runs unless the generator sets
+`trust_remote_code: true` (default false, passed explicitly to `from_pretrained`, so transformers never
+asks at a terminal either); review that code before turning it on.
+
 Generated texts are cached like API responses (response_cache.py), keyed by the model's identity
 (id, revision, and for a local directory a digest of each file: whole files up to 64 MiB, size plus
 first and last MiB above), the rendered prompt and the generation settings, so a rerun loads no
@@ -205,13 +209,17 @@ class HFBackend(PromptBackend):
     name = "hf"
 
     def __init__(self, model: str, cache_dir, summary_from: str | None = None, chat_template: str | None = None,
-                 max_new_tokens: int = 384, dtype: str = "auto", device: str = "auto", revision: str | None = None):
+                 max_new_tokens: int = 384, dtype: str = "auto", device: str = "auto", revision: str | None = None,
+                 trust_remote_code: bool = False):
         if not isinstance(model, str) or not model:
             raise ValueError("model must be a model id or a local path")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+        if not isinstance(trust_remote_code, bool):
+            raise ValueError(f"trust_remote_code must be true or false, got {trust_remote_code!r}")
+        self.trust_remote_code = trust_remote_code
         self.model_id, self.revision, self.max_new_tokens = model, revision, max_new_tokens
         self.dtype, self.device_name = dtype, device
         self.template = TEMPLATES.get(chat_template, chat_template) if chat_template else None
@@ -277,7 +285,8 @@ class HFBackend(PromptBackend):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_id, revision=self.revision)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_id, revision=self.revision,
+                                                            trust_remote_code=self.trust_remote_code)
             if self.template is None and not self._tokenizer.chat_template:
                 raise ValueError(f"the tokenizer of {self.model_id} has no chat template; set chat_template "
                                  f"(one of {sorted(TEMPLATES)} or a Jinja string)")
@@ -291,7 +300,14 @@ class HFBackend(PromptBackend):
             device = self.device_name
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            self._model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision, dtype=dtype)
+            try:
+                self._model = AutoModelForCausalLM.from_pretrained(self.model_id, revision=self.revision, dtype=dtype,
+                                                                   trust_remote_code=self.trust_remote_code)
+            except ValueError as exc:
+                if self.trust_remote_code or "trust_remote_code" not in str(exc):
+                    raise
+                raise ValueError(f"{self.model_id}: the checkpoint needs its own Python code (auto_map); it runs only "
+                                 f"with trust_remote_code: true on this generator (review the code first)") from exc
             self._model.to(device).eval()
         return self._model
 

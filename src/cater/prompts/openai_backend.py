@@ -17,8 +17,11 @@ The API key is read from the environment only (`OPENAI_API_KEY`, or the variable
 `api_key_env`), and only when a request has to be sent; it is never written anywhere.
 
 OpenAI-compatible servers (vLLM, Ollama, ...) work through `base_url`. Use `api: chat` (Chat
-Completions is what they all implement) and give the key a variable of its own, so a real OpenAI
-key is never sent to another server:
+Completions is what they all implement). The OpenAI key goes only to OpenAI: a `base_url` other than
+`https://api.openai.com/...` needs `api_key_env`, the variable holding *that* server's key (never
+OPENAI_API_KEY), or `api_key_env: null` (or `none`) to send no key at all; without it the backend
+refuses to start. Requests to such a server carry exactly that key in `Authorization` (or none), and
+no OpenAI organization or project header, whatever OPENAI_* variables the environment holds:
 
     # vLLM:   vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 --api-key local-secret
     #         export VLLM_API_KEY=local-secret
@@ -62,6 +65,9 @@ from cater.prompts.base import PromptBackend, PromptError, PromptRequest, VideoP
 from cater.prompts.response_cache import ResponseCache, request_key
 
 APIS = ("responses", "chat")
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+_UNSET = object()  # api_key_env not given: OPENAI_API_KEY for OpenAI itself, an error for any other host
 DETAILS = ("low", "high", "auto")
 IMAGE_FORMATS = ("jpeg", "png")
 
@@ -137,6 +143,42 @@ def parse_output(text: str, num_frames: int) -> tuple[list[str], list[str]]:
     return [s.strip() for s in obj["events"]], [s.strip() for s in obj["frames"]]
 
 
+def is_openai_url(base_url: str | None) -> bool:
+    """True for OpenAI's own API (`None` means it): https, host api.openai.com, default port, no user info."""
+    if base_url is None:
+        return True
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(str(base_url))
+        port = parts.port
+    except ValueError:
+        return False
+    return (parts.scheme == "https" and parts.hostname == "api.openai.com" and port in (None, 443)
+            and parts.username is None and parts.password is None)
+
+
+def resolve_api_key_env(base_url: str | None, api_key_env: Any) -> str | None:
+    """The environment variable whose value is sent as the key, or None for "send no key"."""
+    openai_host = is_openai_url(base_url)
+    if api_key_env is _UNSET:
+        if openai_host:
+            return OPENAI_KEY_ENV
+        raise ValueError(
+            f"base_url {base_url!r} is not OpenAI's API ({OPENAI_BASE_URL}): set api_key_env to the environment "
+            f"variable holding that server's key, or api_key_env: null to send no key ({OPENAI_KEY_ENV} is only "
+            f"ever sent to OpenAI)")
+    if api_key_env is None or (isinstance(api_key_env, str) and api_key_env.lower() == "none"):
+        return None
+    if not isinstance(api_key_env, str) or not api_key_env:
+        raise ValueError("api_key_env must name an environment variable (or be null: send no key)")
+    if api_key_env == OPENAI_KEY_ENV and not openai_host:
+        raise ValueError(
+            f"api_key_env: {OPENAI_KEY_ENV} is only sent to https://api.openai.com; base_url {base_url!r} is another "
+            f"server: give its key a variable of its own (or api_key_env: null to send no key)")
+    return api_key_env
+
+
 def image_tokens(height: int, width: int, detail: str) -> int:
     """Input tokens of one image by the gpt-4o tile rule (85 base + 170 per 512 px tile; low = 85)."""
     if detail == "low":
@@ -163,7 +205,7 @@ class OpenAIBackend(PromptBackend):
         image_size: int = 512,
         image_format: str = "jpeg",
         detail: str = "low",
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: Any = _UNSET,
         temperature: float | None = 0.0,
         max_output_tokens: int = 1024,
         usd_per_1m_input_tokens: float | None = None,
@@ -184,8 +226,10 @@ class OpenAIBackend(PromptBackend):
             raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if not isinstance(api_key_env, str) or not api_key_env:
-            raise ValueError(f"api_key_env must name an environment variable")
+        if base_url is not None and (not isinstance(base_url, str) or not base_url):
+            raise ValueError(f"base_url must be a URL string or null, got {base_url!r}")
+        api_key_env = resolve_api_key_env(base_url, api_key_env)
+        self.openai_host = is_openai_url(base_url)
         self.model, self.base_url, self.api = model, base_url, api
         self.timeout, self.max_retries, self.concurrency = float(timeout), max_retries, concurrency
         self.image_size, self.image_format, self.detail = image_size, image_format, detail
@@ -193,6 +237,7 @@ class OpenAIBackend(PromptBackend):
         self.prices = (usd_per_1m_input_tokens, usd_per_1m_output_tokens)
         self.cache = ResponseCache(cache_dir)
         self._client = None
+        self._key: str | None = None
         self.requests_sent = 0  # requests handed to the client (its own retries not counted)
         self._count_lock = threading.Lock()
 
@@ -283,16 +328,16 @@ class OpenAIBackend(PromptBackend):
         tries = f"(max_retries {self.max_retries})"
         try:
             if self.api == "responses":
-                response = client.responses.create(**body)
+                response = client.responses.create(**body, **self._request_options())
                 return self._responses_text(response), _usage(response)
-            completion = client.chat.completions.create(**body)
+            completion = client.chat.completions.create(**body, **self._request_options())
             return self._chat_text(completion), _usage(completion)
         except openai.APITimeoutError:
             raise PromptError(f"request timed out ({self.timeout:g} s) {tries}") from None
         except openai.APIConnectionError as exc:
             raise PromptError(f"cannot connect to {client.base_url} {tries} ({type(exc).__name__})") from None
         except openai.APIStatusError as exc:  # servers may quote the key back: never keep it
-            message = _redact(exc.message, client.api_key)
+            message = _redact(exc.message, self._key or "")
             raise PromptError(f"HTTP {exc.status_code} {type(exc).__name__} {tries}: {_short(message)}") from None
         except openai.APIResponseValidationError as exc:
             raise PromptError(f"response body does not match the API ({_short(exc.message)})") from None
@@ -335,18 +380,35 @@ class OpenAIBackend(PromptBackend):
             raise PromptError(f"response body does not match the Chat Completions API ({exc})") from None
 
     def client(self):
-        """The OpenAI client, created on first use; the key comes from the environment only."""
+        """The OpenAI client, created on first use; the key comes from the environment only.
+
+        The base URL is always passed (so OPENAI_BASE_URL cannot redirect the key). For another server the
+        client's key is that server's (or a placeholder that `_request_options` keeps off the wire)."""
         if self._client is None:
             import openai
 
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ValueError(
-                    f"environment variable {self.api_key_env} is not set; the openai prompt backend needs an API key "
-                    f"(set it, or name another variable with prompts.generators.<name>.api_key_env)"
-                )
-            self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries)
+            key = None
+            if self.api_key_env is not None:
+                key = os.environ.get(self.api_key_env)
+                if not key:
+                    raise ValueError(
+                        f"environment variable {self.api_key_env} is not set; the openai prompt backend needs an API key "
+                        f"(set it, or name another variable with prompts.generators.<name>.api_key_env)"
+                    )
+            self._key = key
+            self._client = openai.OpenAI(api_key=key or "no-key-sent", base_url=self.base_url or OPENAI_BASE_URL,
+                                         timeout=self.timeout, max_retries=self.max_retries)
         return self._client
+
+    def _request_options(self) -> dict[str, Any]:
+        """Headers that override whatever the client took from OPENAI_* variables (OPENAI_CUSTOM_HEADERS,
+        OPENAI_ORG_ID, OPENAI_PROJECT_ID): another server gets exactly its own key, or no Authorization at all."""
+        if self.openai_host and self._key:
+            return {}
+        import openai
+
+        return {"extra_headers": {"Authorization": f"Bearer {self._key}" if self._key else openai.Omit(),
+                                  "OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}}
 
     # ---- cost -------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from cater.data.frames import FrameStore, safe_name
+from cater.data.frames import FrameStore, frame_stem
 from cater.data.schema import SPLITS, read_samples
 from cater.features import event_text_per_frame, qa_string
 from cater.io import atomic_path, atomic_write_json, read_jsonl, stable_hash
@@ -75,7 +75,7 @@ def run(params, args) -> None:
     (cache / "text").mkdir(parents=True, exist_ok=True)
 
     video_ids = sorted({s.video_id for s in samples})
-    cached = {v: cache / "video" / f"{safe_name(v)}-{frames.digest(v)}.npy" for v in video_ids}
+    cached = {v: cache / "video" / f"{frame_stem(v)}-{frames.digest(v)}.npy" for v in video_ids}
     todo = [v for v in video_ids if not cached[v].exists()]
     per_batch = max(1, cfg["batch_size"] // num_frames)
     for start in tqdm(range(0, len(todo), per_batch), desc="features[video]", unit="batch"):

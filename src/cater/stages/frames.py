@@ -2,6 +2,9 @@
 
 Finished videos are kept in data/.cache/frames/<config hash>/ (one atomic .npy each), so a killed
 run continues where it stopped; the output directory is assembled at the end.
+
+Before anything is decoded, every sample's `video` must lie under data/ or a folder the dataset
+declares in params (`dataset.videos`, `dataset.frames_dir`); a samples file cannot point elsewhere.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cater.data.frames import BadVideoError, decode_video, safe_name
+from cater.data.frames import BadVideoError, check_media_paths, decode_video, frame_stem, media_roots
 from cater.data.schema import read_samples
 from cater.io import atomic_path, atomic_write_json, file_digest, stable_hash
 
@@ -49,6 +52,7 @@ def _decode_one(job: tuple[str, str, int, int, float | None, float | None, str])
 def run(params, args) -> None:
     cfg = params["frames"]
     samples = read_samples(SAMPLES)
+    check_media_paths(samples, media_roots(params.get("dataset")), str(SAMPLES))
     videos: dict[str, tuple] = {}
     for sample in samples:  # one decode per (video, window); samples of one clip share it
         videos.setdefault(sample.video_id, (sample.video, sample.start, sample.end))
@@ -59,9 +63,9 @@ def run(params, args) -> None:
     done: dict[str, dict] = json.loads(times_path.read_text()) if times_path.exists() else {}
     sources = {vid: source_fingerprint(path, start, end) for vid, (path, start, end) in videos.items()}
     jobs = [
-        (vid, path, cfg["num_frames"], cfg["size"], start, end, str(cache / f"{safe_name(vid)}.npy"))
+        (vid, path, cfg["num_frames"], cfg["size"], start, end, str(cache / f"{frame_stem(vid)}.npy"))
         for vid, (path, start, end) in sorted(videos.items())
-        if not (done.get(vid, {}).get("source") == sources[vid] and (cache / f"{safe_name(vid)}.npy").exists())
+        if not (done.get(vid, {}).get("source") == sources[vid] and (cache / f"{frame_stem(vid)}.npy").exists())
     ]
     bad: dict[str, str] = {}
     if jobs:
@@ -96,7 +100,7 @@ def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str
     tmp.mkdir(parents=True)
     index = {}
     for vid in sorted(done):
-        name = f"{safe_name(vid)}.npy"
+        name = f"{frame_stem(vid)}.npy"
         shutil.copyfile(cache / name, tmp / name)
         index[vid] = {"file": name, "times": done[vid], "num_frames": cfg["num_frames"], "digest": file_digest(tmp / name)[:16]}
     atomic_write_json(tmp / "index.json", index)

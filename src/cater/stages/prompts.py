@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, group_by_video, read_samples
-from cater.io import RowStore, stable_hash, write_jsonl
+from cater.io import RowStore, safe_name, stable_hash, write_jsonl
 from cater.prompts.base import PromptError, PromptRequest
 from cater.prompts.registry import make_backend, result_config
 
@@ -61,7 +61,7 @@ def build_requests(samples, frames: FrameStore, mmap: bool = False) -> list[Prom
 
 def run(params, args) -> None:
     cfg = params["prompts"]
-    name = args.generator
+    name = safe_name(args.generator, "--generator")  # it names data/prompts/<name>.jsonl and its cache folder
     if name not in cfg["generators"]:
         raise ValueError(f"params.yaml: prompts.generators has no entry {name!r} (have {sorted(cfg['generators'])})")
     gen_cfg = cfg["generators"][name]

@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cater.config import ConfigError, load_params
 from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, Sample, SchemaError, read_samples
-from cater.io import atomic_write_json, write_jsonl
+from cater.io import atomic_write_json, safe_name, write_jsonl
+from cater.metrics import bootstrap_ci
 from cater.teachers.base import TeacherConfig, TeacherError
 from cater.teachers.runner import barrier, check_samples, score_samples
 
@@ -114,14 +116,15 @@ def summarize(name: str, config: TeacherConfig, splits: dict[str, list[Sample]],
     for split, samples in splits.items():
         scored = [s for s in samples if by_id[s.id]["choice_logits"] is not None]
         labelled = [s for s in scored if s.answer_idx is not None]
-        correct = sum(by_id[s.id]["hard_idx"] == s.answer_idx for s in labelled)
+        hits = np.array([by_id[s.id]["hard_idx"] == s.answer_idx for s in labelled], dtype=bool)
         per_split[split] = {
             "samples": len(samples),
             "scored": len(scored),
             "missing": len(samples) - len(scored),
             "labelled_scored": len(labelled),
-            "correct": correct,
-            "accuracy": round(correct / len(labelled), 6) if labelled else None,
+            "correct": int(hits.sum()),
+            "accuracy": round(float(hits.mean()), 6) if labelled else None,
+            "ci95": [round(x, 4) for x in bootstrap_ci(hits, np.array([s.video_id for s in labelled]))] if labelled else None,
         }
     return {
         "teacher": name,
@@ -135,6 +138,13 @@ def summarize(name: str, config: TeacherConfig, splits: dict[str, list[Sample]],
     }
 
 
+def accuracy_line(summary: dict) -> str:
+    """One line for stdout: the teacher's accuracy (hard choice vs the answer) per labelled split, with 95% CIs."""
+    parts = [f"{split} {v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+             for split, v in summary["splits"].items() if v["accuracy"] is not None]
+    return f"teacher {summary['teacher']}: accuracy " + ("; ".join(parts) if parts else "n/a (no labelled samples)")
+
+
 def missing_line(summary: dict) -> str:
     """One line for stdout: `teacher NAME: M/N samples missing (reason: count, ...)`."""
     reasons = ", ".join(f"{reason}: {count}" for reason, count in summary["missing_reasons"].items())
@@ -142,8 +152,10 @@ def missing_line(summary: dict) -> str:
 
 
 def run(name: str, params_path: str, progress: bool = True) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"teacher name {name!r}: use letters, digits, '_', '.', '-' only")
+    try:  # the name becomes data/teacher/<name>/ and data/.cache/teacher/<name>/
+        safe_name(name, "teacher name")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     config = teacher_config(name, load_params(params_path, required=("teacher",)), params_path)
     splits = read_splits()
     frame_store = FrameStore(FRAMES_DIR)
@@ -169,6 +181,7 @@ def run(name: str, params_path: str, progress: bool = True) -> None:
         summary = summarize(name, config, splits, rows)
         atomic_write_json(out_dir / "summary.json", summary)
         print(missing_line(summary), flush=True)
+        print(accuracy_line(summary), flush=True)
     if accelerator is not None:
         barrier(accelerator)
         accelerator.end_training()

@@ -1,26 +1,24 @@
-"""Stage `train`: cached features + teacher outputs -> models/student.pt and metrics/train/ (dvclive).
+"""Stage `train`: cached features + teacher outputs -> models/student.safetensors and metrics/train/ (dvclive).
 
 The prompt variant, prompt generator, distillation mode and teacher are picked here by params,
-so experiments that change them re-run only `train` and `eval`.
+so experiments that change them re-run only `train` and `eval`. The checkpoint is safetensors (the
+weights) with the resolved configs and the selected epoch as JSON metadata (`cater.train.save_student`);
+it holds no pickle, so loading a pulled one runs no code.
 """
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
-import torch
-
 from cater.data.schema import read_samples
 from cater.features import CachedFeatures
-from cater.io import atomic_path
 from cater.train import (FeatureBatcher, SplitTensors, TrainConfig, derangement, labelled_subset, load_teacher_outputs,
-                         train)
+                         save_student, train)
 
 SPLITS_DIR = Path("data/splits")
 FEATURES = Path("data/features")
 TEACHER_DIR = Path("data/teacher")
-CHECKPOINT = Path("models/student.pt")
+CHECKPOINT = Path("models/student.safetensors")
 LIVE_DIR = Path("metrics/train")
 
 
@@ -77,11 +75,7 @@ def run(params, args) -> None:
         checkpoint = train(cfg, tensors["train"], tensors["val"], batcher, features, log=log)
         live.summary["best_epoch"] = checkpoint["best_epoch"]
         live.summary["best_val_accuracy"] = checkpoint["val_accuracy"]
-    CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()  # saved through a buffer: torch names the archive after the file, here a random temp name
-    torch.save(checkpoint, buffer)
-    with atomic_path(CHECKPOINT) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    save_student(checkpoint, CHECKPOINT)  # atomic; the same bytes for the same checkpoint in every run
     print(f"train: best epoch {checkpoint['best_epoch']} val accuracy {checkpoint['val_accuracy']:.4f} -> {CHECKPOINT}")
 
 

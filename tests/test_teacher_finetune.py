@@ -2,6 +2,7 @@
 checkpoint loads through `build_teacher` unchanged, runs are deterministic, labels never reach the prompt."""
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -164,3 +165,46 @@ def test_progress_and_log_lines(tiny):
     finetune(load("videollava", tiny), items(), LABELS, epochs=2, batch_size=4, progress=False, log=lines.append)
     assert [line.split(":")[1].split()[1] for line in lines[:2]] == ["1/2", "2/2"]
     assert "train loss" in lines[0] and lines[-1].startswith("videollava: train accuracy")
+
+
+def test_make_tiny_models_fine_tunes_in_the_real_format(tmp_path, capsys):
+    """The script: random checkpoint -> fine-tuned on the train split -> loads through build_teacher; val reported."""
+    import importlib.util
+    from pathlib import Path
+
+    from cater.data.schema import Sample, write_samples
+
+    rng = np.random.default_rng(1)
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    index, samples = {}, []
+    for v, split in enumerate(["train", "train", "train", "val"]):
+        video_id = f"vid{v}"
+        np.save(frames_dir / f"{video_id}.npy", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+        index[video_id] = {"file": f"{video_id}.npy", "times": [i / 2 for i in range(8)], "num_frames": 8}
+        for q, qtype in enumerate(["first", "count"]):
+            samples.append(Sample(id=f"{video_id}-{qtype}", dataset="toy", split=split, video=f"{video_id}.mp4",
+                                  question=f"Question {qtype}?", choices=["one", "two", "three", "four", "five"],
+                                  answer_idx=(v + q) % 5, question_type=qtype, video_id=video_id))
+    (frames_dir / "index.json").write_text(json.dumps(index))
+    write_samples(tmp_path / "train.jsonl", [s for s in samples if s.split == "train"])
+    write_samples(tmp_path / "val.jsonl", [s for s in samples if s.split == "val"])
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_tiny_models", repo / "scripts" / "make_tiny_models.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "tiny"
+    argv = ["--out", str(out), "--only", "videollava", "--finetune-split", str(tmp_path / "train.jsonl"),
+            "--frames", str(frames_dir), "--val-split", str(tmp_path / "val.jsonl"), "--epochs", "1", "--no-progress"]
+    assert script.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "videollava: train accuracy" in printed and "val first" in printed and "(val majority letter)" in printed
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no staging or random folders left behind
+    teacher = load("videollava", {}, out / "videollava")
+    assert len(teacher.score(items()[:1])[0].choice_logits) == 5
+    random = load("videollava", {}, write_tiny("videollava", tmp_path / "random", seed=0))
+    assert not np.allclose(random.score(items()[:1])[0].choice_logits, teacher.score(items()[:1])[0].choice_logits)
+
+    with pytest.raises(SystemExit, match="train samples only"):
+        script.main(argv[:5] + [str(tmp_path / "val.jsonl")] + argv[6:])

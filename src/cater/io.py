@@ -186,3 +186,30 @@ class RowStore:
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+FULL_HASH_LIMIT = 64 << 20  # files above this are fingerprinted by size and their first and last MiB
+
+
+def checkpoint_fingerprint(model: str) -> dict:
+    """Identifies the checkpoint's content, so cached rows of another checkpoint are never reused."""
+    path = Path(model)
+    if not path.is_dir():
+        return {"hub_id": model}
+    files = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        files[str(file.relative_to(path))] = _file_fingerprint(file)
+    return {"files": files}
+
+
+def _file_fingerprint(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        if size <= FULL_HASH_LIMIT:
+            digest.update(handle.read())
+        else:
+            digest.update(handle.read(1 << 20))
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read())
+    return digest.hexdigest()

@@ -57,6 +57,12 @@ class FrozenBackbone(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.to(device)
 
+    def architecture(self) -> dict:
+        """The open_clip config this model was built from (a cache key: a changed config is a new model)."""
+        import open_clip
+
+        return open_clip.get_model_config(self.spec.name) or {}
+
     @property
     def device(self) -> torch.device:
         return self.mean.device

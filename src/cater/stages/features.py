@@ -17,7 +17,7 @@ from tqdm import tqdm
 from cater.data.frames import FrameStore, frame_stem
 from cater.data.schema import SPLITS, read_samples
 from cater.features import event_text_per_frame, qa_string
-from cater.io import atomic_path, atomic_write_json, read_jsonl, stable_hash
+from cater.io import atomic_path, atomic_write_json, checkpoint_fingerprint, read_jsonl, stable_hash
 from cater.models.backbone import BackboneSpec, FrozenBackbone
 
 SPLITS_DIR = Path("data/splits")
@@ -70,7 +70,9 @@ def run(params, args) -> None:
     spec = BackboneSpec(cfg["backbone"], cfg["pretrained"], cfg["seed"])
     device = "cuda" if cfg["device"] == "auto" and torch.cuda.is_available() else ("cpu" if cfg["device"] == "auto" else cfg["device"])
     backbone = FrozenBackbone(spec, device=device)
-    cache = CACHE / stable_hash({"backbone": spec.__dict__, "frames": params["frames"]["size"], "num_frames": num_frames})
+    cache = CACHE / stable_hash({"backbone": spec.__dict__, "architecture": backbone.architecture(), "frames": params["frames"]["size"],
+                                 "num_frames": num_frames,
+                                 "weights": checkpoint_fingerprint(spec.pretrained) if spec.pretrained else None})
     (cache / "video").mkdir(parents=True, exist_ok=True)
     (cache / "text").mkdir(parents=True, exist_ok=True)
 

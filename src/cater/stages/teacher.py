@@ -11,7 +11,6 @@ to shard the samples across processes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from collections import Counter
@@ -23,7 +22,7 @@ import numpy as np
 from cater.config import ConfigError, load_params
 from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, Sample, SchemaError, read_samples
-from cater.io import atomic_write_json, safe_name, write_jsonl
+from cater.io import atomic_write_json, checkpoint_fingerprint, safe_name, write_jsonl
 from cater.metrics import bootstrap_ci
 from cater.teachers.base import TeacherConfig, TeacherError
 from cater.teachers.runner import barrier, check_samples, score_samples
@@ -33,7 +32,6 @@ FRAMES_DIR = Path("data/frames")
 CACHE_DIR = Path("data/.cache/teacher")
 OUT_DIR = Path("data/teacher")
 CONFIG_KEYS = ("family", "model", "dtype", "device", "device_map", "quantization", "num_frames", "batch_size")
-FULL_HASH_LIMIT = 64 << 20  # files above this are fingerprinted by size and their first and last MiB
 
 
 def teacher_config(name: str, params: dict[str, Any], source: str) -> TeacherConfig:
@@ -59,30 +57,6 @@ def teacher_config(name: str, params: dict[str, Any], source: str) -> TeacherCon
     known = {k: entry[k] for k in CONFIG_KEYS if k in entry and k != "batch_size"}
     extra = {k: v for k, v in entry.items() if k not in CONFIG_KEYS}
     return TeacherConfig(**known, batch_size=batch_size, extra=extra)
-
-
-def checkpoint_fingerprint(model: str) -> dict[str, Any]:
-    """Identifies the checkpoint's content, so cached rows of another checkpoint are never reused."""
-    path = Path(model)
-    if not path.is_dir():
-        return {"hub_id": model}
-    files = {}
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        files[str(file.relative_to(path))] = _file_fingerprint(file)
-    return {"files": files}
-
-
-def _file_fingerprint(path: Path) -> str:
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as handle:
-        if size <= FULL_HASH_LIMIT:
-            digest.update(handle.read())
-        else:
-            digest.update(handle.read(1 << 20))
-            handle.seek(-(1 << 20), os.SEEK_END)
-            digest.update(handle.read())
-    return digest.hexdigest()
 
 
 def read_splits() -> dict[str, list[Sample]]:

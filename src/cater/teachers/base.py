@@ -69,6 +69,29 @@ class Teacher(ABC):
     def score(self, batch: list[TeacherInput]) -> list[TeacherOutput]:
         """Score a batch in one forward pass; return one output per input, in order."""
 
+    # -- fine-tuning (optional; cater.teachers.finetune uses these) -------------------------------------
+
+    def letter_logits(self, batch: list[TeacherInput]):
+        """The option letters' next-token logits at the answer position, torch [B, max choices], with
+        autograd (the same prompt, encoding and forward pass as `score`; columns past a sample's
+        choices are -inf)."""
+        raise TeacherError(f"teacher family {self.family!r} has no differentiable scoring path")
+
+    def trainable_parameters(self) -> list:
+        """The parameters fine-tuning updates (the rest stay frozen)."""
+        raise TeacherError(f"teacher family {self.family!r} cannot be fine-tuned")
+
+    def caching_frozen_inputs(self):
+        """A context in which the teacher may memoize what fine-tuning never changes (e.g. the features
+        of a frozen vision tower); by default it memoizes nothing."""
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def save_pretrained(self, path) -> None:
+        """Write the (fine-tuned) model into the empty directory `path`, in the family's checkpoint format."""
+        raise TeacherError(f"teacher family {self.family!r} cannot save its model")
+
     @staticmethod
     def check_input(item: TeacherInput) -> None:
         if item.frames is None or len(item.frames) == 0:
@@ -137,3 +160,15 @@ def letter_output(item: TeacherInput, letter_ids, vocab_logits, hidden) -> Teach
     if not np.isfinite(hidden).all():
         return TeacherOutput(item.id, None, None, None, "non-finite hidden state")
     return TeacherOutput(item.id, [float(x) for x in letters], int(np.argmax(letters)), hidden)
+
+
+def letter_matrix(batch: list[TeacherInput], letter_ids, vocab_logits):
+    """The option letters' logits of each row of `vocab_logits` (torch [B, vocab], autograd kept) as
+    [B, max choices]; columns past a sample's own choices are -inf (softmax gives them 0)."""
+    import torch
+
+    width = max(len(item.choices) for item in batch)
+    letters = vocab_logits[:, list(letter_ids[:width])]
+    counts = torch.tensor([len(item.choices) for item in batch], device=letters.device)
+    valid = torch.arange(width, device=letters.device)[None, :] < counts[:, None]
+    return letters.masked_fill(~valid, float("-inf"))

@@ -22,8 +22,10 @@ dtype; the merged tokens are cast back to the model dtype before the projector.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,7 +36,7 @@ from torch import nn
 
 from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_output, options_block,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, options_block,
 )
 
 IMAGE_TOKEN_INDEX = -200  # placeholder id of one frame in input_ids (the reference's constant)
@@ -367,6 +369,7 @@ class ChatUniViModel(nn.Module):
         self.clustering = cluster_settings(config)
         self.select_layer = int(config.get("mm_vision_select_layer", -2))
         self.select_feature = config.get("mm_vision_select_feature", "patch")
+        self.visual_memo: dict | None = None  # see _frozen_visual_tokens
 
     @property
     def hidden_size(self) -> int:
@@ -438,6 +441,25 @@ class ChatUniViModel(nn.Module):
         """Input embeddings [L, H] of one sample, visual tokens spliced in at the placeholders.
 
         The placeholders must form one consecutive run with one frame each."""
+        return self._embed_sample(input_ids, pixel_values)
+
+    def _frozen_visual_tokens(self, pixel_values: torch.Tensor, generator, trace):
+        """`visual_tokens` without autograd (the vision tower and the clustering are frozen); memoized
+        by the pixels' bytes while `visual_memo` is a dict (fine-tuning turns it on)."""
+        key = None
+        if self.visual_memo is not None:
+            key = hashlib.sha1(pixel_values.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+            key = f"{tuple(pixel_values.shape)}:{pixel_values.dtype}:{key}"
+            if key in self.visual_memo:
+                return self.visual_memo[key]
+        with torch.no_grad():
+            result = self.visual_tokens(pixel_values, generator, trace)
+        if key is not None:
+            self.visual_memo[key] = result
+        return result
+
+    def _embed_sample(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> EmbeddedSample:
+        """`embed_sample` with autograd through the projector and the token embeddings, if enabled."""
         input_ids = torch.as_tensor(input_ids).flatten().to(self.device)
         positions = (input_ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
         embed = self.llm.get_input_embeddings()
@@ -450,7 +472,7 @@ class ChatUniViModel(nn.Module):
             raise TeacherError(f"Chat-UniVi: {len(positions)} <image> placeholders but {got} frames")
         generator = torch.Generator().manual_seed(self.clustering.seed)
         trace: list[torch.Tensor] = []
-        merged, events = self.visual_tokens(pixel_values, generator, trace)
+        merged, events = self._frozen_visual_tokens(pixel_values, generator, trace)
         visual = self.mm_projector(merged.to(self.dtype))
         start, end = positions[0], positions[-1] + 1
         pieces = [embed(input_ids[:start]), visual, embed(input_ids[end:])]
@@ -461,7 +483,12 @@ class ChatUniViModel(nn.Module):
         """A batch of samples, left-padded after visual splicing, in one LLaMA pass.
 
         logits: "last" -> [B, V] at the last position, "all" -> [B, L, V], None -> not computed."""
-        samples = [self.embed_sample(ids, pix) for ids, pix in zip(input_ids, pixel_values, strict=True)]
+        return self.forward_with_grad(input_ids, pixel_values, logits)
+
+    def forward_with_grad(self, input_ids: Sequence[torch.Tensor], pixel_values: Sequence[torch.Tensor | None], logits: str | None = "last") -> ChatUniViOutput:
+        """`forward` with autograd (if enabled) through LLaMA, the projector and the token embeddings;
+        the vision tower and the clustering always run without it."""
+        samples = [self._embed_sample(ids, pix) for ids, pix in zip(input_ids, pixel_values, strict=True)]
         length = max(len(s.embeds) for s in samples)
         embeds = torch.zeros(len(samples), length, self.hidden_size, dtype=self.dtype, device=self.device)
         mask = torch.zeros(len(samples), length, dtype=torch.long, device=self.device)
@@ -659,6 +686,53 @@ class ChatUniViTeacher(Teacher):
         encoded = [self.encode(item) for item in batch]
         return self.model([e[0] for e in encoded], [e[1] for e in encoded], logits=logits)
 
+    # ---- fine-tuning ------------------------------------------------------------------------
+
+    def letter_logits(self, batch: list[TeacherInput]) -> torch.Tensor:
+        """As `score`, but differentiable (LLaMA, projector, embeddings; the vision tower and the
+        clustering are frozen): letter logits [B, max choices], float32, -inf past a sample's
+        choices. One pass for the whole batch (`score` splits it into `batch_size` chunks)."""
+        for item in batch:
+            self.check_input(item)
+        encoded = [self.encode(item) for item in batch]
+        result = self.model.forward_with_grad([e[0] for e in encoded], [e[1] for e in encoded], logits="last")
+        return letter_matrix(batch, self.letter_ids, result.logits.float())
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """LLaMA and the projector; the CLIP vision tower stays frozen (as in the Chat-UniVi recipe)."""
+        for param in self.model.vision_tower.parameters():
+            param.requires_grad_(False)
+        trained = []
+        for module in (self.model.llm, self.model.mm_projector):
+            for _, param in sorted(module.named_parameters(), key=lambda kv: kv[0]):
+                param.requires_grad_(True)
+                trained.append(param)
+        return trained
+
+    @contextmanager
+    def caching_frozen_inputs(self):
+        """Memoize the frozen part (CLIP features, clustering) per video while the block runs."""
+        previous, self.model.visual_memo = self.model.visual_memo, {}
+        try:
+            yield
+        finally:
+            self.model.visual_memo = previous
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """The official layout (see the module docstring) with the current weights, plus the tokenizer
+        and the non-weight files of the source checkpoint (generation and bundled CLIP configs)."""
+        from safetensors.torch import save_file
+
+        path, source = Path(path), Path(self.config.model)
+        state = official_state(self.model.llm, self.model.vision_tower, self.model.mm_projector,
+                               self.model.checkpoint_config)
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        (path / "config.json").write_text(json.dumps(self.model.checkpoint_config, indent=2))
+        for name in ("generation_config.json", CLIP_CONFIG_FILE, CLIP_PREPROCESSOR_FILE):
+            if (source / name).is_file():
+                (path / name).write_bytes((source / name).read_bytes())
+        self.tokenizer.save_pretrained(str(path))
+
     def score(self, batch: list[TeacherInput]) -> list[TeacherOutput]:
         for item in batch:  # fail before any compute
             self.check_input(item)
@@ -747,6 +821,25 @@ def randomise(module: nn.Module, generator: torch.Generator, std: float = 0.05) 
                 param.copy_(std * noise)
 
 
+def official_state(llm, clip, projector: nn.Linear, config: dict) -> dict[str, torch.Tensor]:
+    """The weights under the official checkpoint names (LLaMA `model.*`/`lm_head.*`, the projector,
+    the CLIP tower under `model.vision_tower.vision_tower.vision_model.*`, and the constant
+    `rotary_emb.inv_freq` buffers transformers 4.31 wrote)."""
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    theta = float(config.get("rope_theta", 10000.0))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    state = {name: t.detach().contiguous() for name, t in llm.state_dict().items()}
+    for layer in range(config["num_hidden_layers"]):
+        state[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
+    for name, tensor in clip.state_dict().items():
+        name = name if name.startswith("vision_model.") else "vision_model." + name
+        if not name.endswith("position_ids"):
+            state[VISION_PREFIX + name] = tensor.detach().contiguous()
+    for name, tensor in projector.state_dict().items():
+        state[PROJECTOR_PREFIX + name] = tensor.detach().contiguous()
+    return state
+
+
 def write_tiny_chatunivi(path: str | Path, seed: int = 0) -> Path:
     """Write a tiny random Chat-UniVi checkpoint (official layout + tokenizer + CLIP configs)."""
     from safetensors.torch import save_file
@@ -766,17 +859,7 @@ def write_tiny_chatunivi(path: str | Path, seed: int = 0) -> Path:
     for module in (llm, clip, projector):
         randomise(module, generator)
 
-    head_dim = config["hidden_size"] // config["num_attention_heads"]
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    state = {name: t.contiguous() for name, t in llm.state_dict().items()}
-    for layer in range(config["num_hidden_layers"]):
-        state[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
-    for name, tensor in clip.state_dict().items():
-        name = name if name.startswith("vision_model.") else "vision_model." + name
-        if not name.endswith("position_ids"):
-            state[VISION_PREFIX + name] = tensor.contiguous()
-    for name, tensor in projector.state_dict().items():
-        state[PROJECTOR_PREFIX + name] = tensor.contiguous()
+    state = official_state(llm, clip, projector, config)
 
     with atomic_directory(path) as staging:
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})

@@ -40,7 +40,7 @@ import numpy as np
 from cater.data.frames import uniform_indices
 from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_output, letter_token_ids, options_block, resolve_device, resolve_dtype,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, letter_token_ids, options_block, resolve_device, resolve_dtype,
 )
 
 BACKENDS = ("idefics", "openflamingo")
@@ -126,10 +126,26 @@ class IdeficsBackend:
         import torch
 
         with torch.inference_mode():
-            out = self.model.model(**inputs, use_cache=False)
-            last = out.last_hidden_state[:, -1]
-            logits = self.model.lm_head(last)
+            last, logits = self.last_position(inputs)
         return last.float().cpu(), logits.float().cpu()
+
+    def last_position(self, inputs: dict):
+        """(hidden, logits) at each row's last position, on the model's device, with autograd if enabled."""
+        out = self.model.model(**inputs, use_cache=False)
+        last = out.last_hidden_state[:, -1]
+        return last, self.model.lm_head(last)
+
+    def trainable_parameters(self) -> list:
+        """All weights, the frozen-by-config language and vision layers included (the tiny demo teachers
+        start random, so the IDEFICS recipe's frozen LM would leave nothing to build on)."""
+        params = [param for _, param in sorted(self.model.named_parameters(), key=lambda kv: kv[0])]
+        for param in params:
+            param.requires_grad_(True)
+        return params
+
+    def save_pretrained(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
 
 
 class OpenFlamingoBackend:
@@ -194,18 +210,29 @@ class OpenFlamingoBackend:
         """As `Flamingo.forward`, but asking the language model for its hidden states too."""
         import torch
 
-        model = self.model
         with torch.inference_mode():
-            try:
-                model._encode_vision_x(vision_x=inputs["vision_x"])
-                model._condition_media_locations(input_ids=inputs["lang_x"])
-                out = model.lang_encoder(input_ids=inputs["lang_x"], attention_mask=inputs["attention_mask"],
-                                         output_hidden_states=True, use_cache=False)
-            finally:
-                model.lang_encoder.clear_conditioned_layers()
-            last = out.hidden_states[-1][:, -1]
-            logits = out.logits[:, -1]
+            last, logits = self.last_position(inputs)
         return last.float().cpu(), logits.float().cpu()
+
+    def last_position(self, inputs: dict):
+        """(hidden, logits) at each row's last position, on the model's device, with autograd if enabled."""
+        model = self.model
+        try:
+            model._encode_vision_x(vision_x=inputs["vision_x"])
+            model._condition_media_locations(input_ids=inputs["lang_x"])
+            out = model.lang_encoder(input_ids=inputs["lang_x"], attention_mask=inputs["attention_mask"],
+                                     output_hidden_states=True, use_cache=False)
+        finally:
+            model.lang_encoder.clear_conditioned_layers()
+        return out.hidden_states[-1][:, -1], out.logits[:, -1]
+
+    def trainable_parameters(self) -> list:
+        """What OpenFlamingo trains and its checkpoint holds: perceiver, gated cross-attention, embeddings."""
+        return [param for _, param in sorted(self.model.named_parameters(), key=lambda kv: kv[0])
+                if param.requires_grad]
+
+    def save_pretrained(self, path: Path) -> None:
+        raise TeacherError("the flamingo teacher's openflamingo backend cannot save a fine-tuned checkpoint yet")
 
 
 def _read_model_type(model: str) -> str | None:
@@ -367,6 +394,24 @@ class FlamingoTeacher(Teacher):
 
     def _output(self, item: TeacherInput, vocab_logits, hidden) -> TeacherOutput:
         return letter_output(item, self.letter_ids, vocab_logits, hidden)
+
+    # -- fine-tuning ----------------------------------------------------------------------------------
+
+    def letter_logits(self, batch: list[TeacherInput]):
+        """As `score`, but differentiable: the letter logits [B, max choices] (float32, -inf past a sample's
+        choices) of one forward pass."""
+        for item in batch:
+            self._check(item)
+        inputs = self.backend.encode([self.frames(item) for item in batch], [self.prompt(item) for item in batch])
+        _, logits = self.backend.last_position(inputs)
+        return letter_matrix(batch, self.letter_ids, logits.float())
+
+    def trainable_parameters(self) -> list:
+        return self.backend.trainable_parameters()
+
+    def save_pretrained(self, path) -> None:
+        """The backend's own format (idefics: `save_pretrained` of model and processor)."""
+        self.backend.save_pretrained(Path(path))
 
 
 # ----------------------------------------------------------------------------------------------- tiny models

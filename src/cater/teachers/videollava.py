@@ -22,7 +22,7 @@ import torch
 from cater.data.frames import uniform_indices
 from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_output, letter_token_ids, options_block, resolve_device, resolve_dtype,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, letter_token_ids, options_block, resolve_device, resolve_dtype,
 )
 
 MODEL_TYPE = "video_llava"
@@ -159,20 +159,25 @@ class VideoLlavaTeacher(Teacher):
 
     def _forward(self, inputs: dict):
         """Final hidden state and vocabulary logits at the last position of each (left-padded) row."""
+        with torch.inference_mode():
+            last, logits = self._last_position(inputs)
+        return last.float().cpu(), logits.float().cpu()
+
+    def _last_position(self, inputs: dict):
+        """(final hidden state, vocabulary logits) at each row's last position, on the model's device,
+        with autograd if it is enabled (`_forward` runs this under inference mode)."""
         mask = inputs["attention_mask"]
         # positions count real tokens only, so a left-padded row is computed like an unpadded one
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            out = self.model.model(
-                input_ids=inputs["input_ids"],
-                attention_mask=mask,
-                position_ids=position_ids,
-                pixel_values_videos=inputs["pixel_values_videos"].to(self.model.dtype),
-                use_cache=False,
-            )
-            last = out.last_hidden_state[:, -1]
-            logits = self.model.lm_head(last)
-        return last.float().cpu(), logits.float().cpu()
+        out = self.model.model(
+            input_ids=inputs["input_ids"],
+            attention_mask=mask,
+            position_ids=position_ids,
+            pixel_values_videos=inputs["pixel_values_videos"].to(self.model.dtype),
+            use_cache=False,
+        )
+        last = out.last_hidden_state[:, -1]
+        return last, self.model.lm_head(last)
 
     # -- scoring --------------------------------------------------------------------------------------
 
@@ -193,6 +198,35 @@ class VideoLlavaTeacher(Teacher):
 
     def _output(self, item: TeacherInput, vocab_logits, hidden) -> TeacherOutput:
         return letter_output(item, self.letter_ids, vocab_logits, hidden)
+
+    # -- fine-tuning ----------------------------------------------------------------------------------
+
+    def letter_logits(self, batch: list[TeacherInput]) -> torch.Tensor:
+        """As `score`, but differentiable: the letter logits [B, max choices] (float32, -inf past a sample's
+        choices), in one forward pass per group of equal frame count."""
+        for item in batch:
+            self.check_input(item)
+        groups: dict[int, list[int]] = {}
+        for i, item in enumerate(batch):
+            groups.setdefault(len(self._frames(item)), []).append(i)
+        rows: list = [None] * len(batch)
+        for indices in groups.values():
+            _, logits = self._last_position(self._encode([batch[i] for i in indices]))
+            for row, i in enumerate(indices):
+                rows[i] = logits[row]
+        return letter_matrix(batch, self.letter_ids, torch.stack(rows).float())
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Everything: vision towers, projector and language model (the tiny demo teachers start random)."""
+        params = [param for _, param in sorted(self.model.named_parameters(), key=lambda kv: kv[0])]
+        for param in params:
+            param.requires_grad_(True)
+        return params
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """The model and processor with `save_pretrained`, loadable by this class unchanged."""
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
 
     def score_per_option(self, batch: list[TeacherInput]) -> list[TeacherOutput]:
         """The older, slower way, kept as a reference: C+1 unbatched passes for C options.
@@ -221,8 +255,8 @@ class VideoLlavaTeacher(Teacher):
                     ).logits
                 answer_position = logits[0, -2].float()  # predicts the appended letter
                 logprobs.append(torch.log_softmax(answer_position, dim=-1)[letter_id].item())
-            scores = np.asarray(logprobs, dtype=np.float32)
-            outputs.append(TeacherOutput(item.id, scores.tolist(), int(np.argmax(scores)), hidden[0].numpy()))
+            # the shared non-finite guard, on the per-option scores (option i's score at index i)
+            outputs.append(letter_output(item, range(len(logprobs)), torch.tensor(logprobs), hidden[0]))
         return outputs
 
 

@@ -33,7 +33,7 @@ def test_is_frozen(backbone):
 def test_frame_features_match_encode_image(backbone, frames):
     cls, patches = backbone.frame_features(frames)
     expected = backbone.model.encode_image(backbone.preprocess(frames))
-    assert cls.shape == (3, 64) and patches.shape == (3, (64 // 8) ** 2, 64)
+    assert cls.shape == (3, 64) and patches.shape == (3, (64 // 16) ** 2, 64)
     torch.testing.assert_close(cls, expected, atol=1e-5, rtol=0)
     assert not backbone.model.visual.output_tokens  # the flag is restored
     # patch tokens are per-position and per-image, not copies of one vector

@@ -288,7 +288,8 @@ def test_stage_prints_the_non_finite_teacher_rows(cache, tmp_path, monkeypatch, 
     features, train_split, val_split, batcher = prepare(
         cache, cfg, load_teacher_outputs(write_rows(cache, tmp_path / "outputs.jsonl", edit)))
     monkeypatch.setattr(stage, "prepare", lambda params: (cfg, features, {"train": train_split, "val": val_split}, batcher))
-    monkeypatch.setattr(stage, "train", lambda *a, **k: {"best_epoch": 0, "best_global_step": 3, "val_accuracy": 0.5, "model": {}})
+    monkeypatch.setattr(stage, "train", lambda *a, **k: {"best_epoch": 0, "best_global_step": 3, "val_accuracy": 0.5, "model": {},
+                                                          "student_config": {}, "train_config": {}})
     monkeypatch.chdir(tmp_path)
     stage.run({}, None)
     out = capsys.readouterr().out

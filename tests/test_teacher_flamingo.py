@@ -256,6 +256,29 @@ def test_openflamingo_backend_rejects_bad_directories(tmp_path, tiny_dirs):
         FlamingoTeacher(make_config(broken, "openflamingo"))
 
 
+@needs_open_flamingo
+def test_openflamingo_runs_no_checkpoint_code_unless_trusted(tmp_path, tiny_dirs):
+    """open_flamingo's factory loads with trust_remote_code=True; we refuse what could use it."""
+    remote = shutil.copytree(tiny_dirs["openflamingo"], tmp_path / "remote")
+    marker = tmp_path / "ran"
+    (remote / "lm" / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = json.loads((remote / "lm" / "config.json").read_text())
+    (remote / "lm" / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "evil.EvilConfig"}}))
+    with pytest.raises(TeacherError, match=r"auto_map.*trust_remote_code: true"):
+        FlamingoTeacher(make_config(remote, "openflamingo"))
+    assert not marker.exists()
+
+    hub = shutil.copytree(tiny_dirs["openflamingo"], tmp_path / "hub")
+    manifest = json.loads((hub / "openflamingo.json").read_text())
+    (hub / "openflamingo.json").write_text(json.dumps({**manifest, "lang_encoder_path": "some-org/some-mpt"}))
+    with pytest.raises(TeacherError, match="lang_encoder_path .* is not a local folder"):
+        FlamingoTeacher(make_config(hub, "openflamingo"))
+    bad = make_config(tiny_dirs["openflamingo"], "openflamingo")
+    bad.extra["trust_remote_code"] = "yes"
+    with pytest.raises(TeacherError, match="trust_remote_code must be true or false"):
+        FlamingoTeacher(bad)
+
+
 def test_letters_that_are_not_single_tokens_are_an_error(tmp_path, tiny_dirs):
     path = shutil.copytree(tiny_dirs["idefics"], tmp_path / "split_letters")
     tokenizer_file = path / "tokenizer.json"

@@ -45,7 +45,7 @@ from cater.teachers.base import (
 
 BACKENDS = ("idefics", "openflamingo")
 DEFAULT_BACKEND = "idefics"
-KNOWN_EXTRA = {"backend", "instruction"}
+KNOWN_EXTRA = {"backend", "instruction", "trust_remote_code"}
 INSTRUCTION = "Answer with the option's letter."
 ANSWER_CUE = "Answer:"
 
@@ -163,6 +163,11 @@ class OpenFlamingoBackend:
             raise TeacherError(f"the openflamingo backend needs the open_flamingo package ({exc})") from None
 
         manifest = read_openflamingo_manifest(config.model)
+        trust = config.extra.get("trust_remote_code", False)
+        if not isinstance(trust, bool):
+            raise TeacherError(f"teacher option trust_remote_code must be true or false, got {trust!r}")
+        if not trust:
+            check_no_remote_code(manifest)
         try:
             model, image_processor, tokenizer = create_model_and_transforms(
                 clip_vision_encoder_path=manifest["clip_vision_encoder_path"],
@@ -255,6 +260,28 @@ def _read_model_type(model: str) -> str | None:
         raise TeacherError(f"{model}: checkpoint not found (no such local directory, and the hub id could not "
                            f"be resolved: {reason})") from None
     return config.get("model_type")
+
+
+def check_no_remote_code(manifest: dict[str, Any]) -> None:
+    """open_flamingo's factory always passes trust_remote_code=True to transformers. Unless the teacher
+    sets `trust_remote_code: true`, allow only local language-model and tokenizer folders whose configs
+    name no code of their own (`auto_map`), so no checkpoint-supplied Python can run."""
+    for field in ("lang_encoder_path", "tokenizer_path"):
+        folder = Path(manifest[field])
+        if not folder.is_dir():
+            raise TeacherError(f"openflamingo: {field} {manifest[field]!r} is not a local folder; a hub model may run its "
+                               f"own code (open_flamingo loads with trust_remote_code=True). Download it, point "
+                               f"{field} at the folder, or set the teacher option trust_remote_code: true if you trust it")
+        for name in ("config.json", "tokenizer_config.json"):
+            file = folder / name
+            if file.is_file():
+                try:
+                    config = json.loads(file.read_text(encoding="utf-8"))
+                except json.JSONDecodeError as exc:
+                    raise TeacherError(f"{file}: malformed JSON at line {exc.lineno} ({exc.msg})") from None
+                if isinstance(config, dict) and config.get("auto_map"):
+                    raise TeacherError(f"{file}: names its own code (auto_map), which open_flamingo would run; set the "
+                                       f"teacher option trust_remote_code: true only if you trust this checkpoint")
 
 
 def read_openflamingo_manifest(model_dir: str | Path) -> dict[str, Any]:

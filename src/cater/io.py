@@ -198,11 +198,12 @@ def checkpoint_fingerprint(model: str) -> dict:
         return {"hub_id": model}
     files = {}
     for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        files[str(file.relative_to(path))] = _file_fingerprint(file)
+        files[str(file.relative_to(path))] = file_fingerprint(file)
     return {"files": files}
 
 
-def _file_fingerprint(path: Path) -> str:
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's size and content; above FULL_HASH_LIMIT, of its size and its first and last MiB."""
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as handle:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from cater.io import read_jsonl
+from cater.io import file_fingerprint, read_jsonl
 from cater.prompts.base import PromptBackend, PromptError, PromptRequest, VideoPrompts, spread_events
 from cater.prompts.response_cache import ResponseCache, request_key
 
@@ -338,25 +338,9 @@ class HFBackend(PromptBackend):
             identity: dict[str, Any] = {"id": self.model_id, "revision": self.revision}
             path = Path(self.model_id)
             if path.is_dir():
-                identity["files"] = sorted((p.name, _fingerprint(p)) for p in path.iterdir() if p.is_file())
+                identity["files"] = sorted((p.name, file_fingerprint(p)) for p in path.iterdir() if p.is_file())
             self._identity_cache = identity
         return self._identity_cache
-
-
-def _fingerprint(path: Path, whole_below: int = 64 << 20, edge: int = 1 << 20) -> str:
-    """sha256 of a file; for a large one, of its size, first and last MiB (headers, some weights)."""
-    import hashlib
-
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as handle:
-        if size <= whole_below:
-            digest.update(handle.read())
-        else:
-            digest.update(handle.read(edge))
-            handle.seek(size - edge)
-            digest.update(handle.read(edge))
-    return digest.hexdigest()
 
 
 # ---- a tiny model for tests and the demo ------------------------------------------------------

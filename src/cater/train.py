@@ -35,7 +35,7 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     student: dict = field(default_factory=dict)
     choice_text: str = "qa"  # qa: pooled `question + answer` (recipe) | answer: the answer alone
-    epochs: int = 60
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 3e-3
     lr_schedule: str = "warmup_cosine"  # warmup_cosine: linear warmup, then cosine decay to 0 (seed) | constant

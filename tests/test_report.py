@@ -178,3 +178,25 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "## Prompt variant" in text and "## Distillation" not in text and "| random |" not in text
     with pytest.raises(AblationError, match="no baseline commit"):
         read_show_json(show_json(), rev="b" * 7)
+
+
+def test_label_groups_are_contrasted_row_by_row():
+    """labels (hybrid) vs labels_none at each fraction: the contrast the label-scarce axis exists for."""
+    from cater.ablations import Row, Table, available_groups, render_pairs
+
+    groups = available_groups(PARAMS_FOR_PAIRS)
+    def row(value, accs, cis):
+        return Row(value, {}, False, seeds=list(range(len(accs))), accuracies=accs, cis=cis)
+    hybrid = Table(groups["labels"], [row("0.1", [0.40, 0.41], [(0.36, 0.44), (0.37, 0.45)]),
+                                      row("1.0", [0.38, 0.38], [(0.34, 0.42), (0.34, 0.42)])])
+    none = Table(groups["labels_none"], [row("0.1", [0.30, 0.31], [(0.26, 0.34), (0.27, 0.35)]),
+                                         row("1.0", [0.39, 0.37], [(0.35, 0.43), (0.33, 0.41)])])
+    text = render_pairs(hybrid, none)
+    lines = text.splitlines()
+    assert groups["labels_none"].pair_with == "labels"
+    assert "| 0.1 | 0.405 [0.365, 0.445] | 0.305 [0.265, 0.345] | +0.100 | yes |" in lines
+    assert "| 1.0 | 0.380 [0.340, 0.420] | 0.380 [0.340, 0.420] | +0.000 | no |" in lines
+
+
+PARAMS_FOR_PAIRS = {"teacher": {"models": {"videollava": {}}}, "prompts": {"generators": {"annotations": {}}},
+                    "train": {"teacher": "videollava", "prompt_generator": "annotations"}}

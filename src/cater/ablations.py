@@ -56,6 +56,7 @@ class Group:
     values: tuple[str, ...]
     title: str
     fixed: tuple[tuple[str, str], ...] = ()  # other axes this group sets away from the reference
+    pair_with: str | None = None  # another group with the same values: the report contrasts the two row by row
 
     def config(self, reference: dict[str, str], value: str) -> dict[str, str]:
         return {**reference, **dict(self.fixed), self.axis: value}
@@ -112,7 +113,7 @@ def available_groups(params: dict) -> dict[str, Group]:
         groups["generator"] = Group("generator", GENERATOR_AXIS, generators, "Prompt generator")
     groups["labels"] = Group("labels", LABEL_AXIS, LABEL_FRACTIONS, "Label fraction, hybrid distillation")
     groups["labels_none"] = Group("labels_none", LABEL_AXIS, LABEL_FRACTIONS, "Label fraction, no distillation",
-                                  fixed=((DISTILL_AXIS, "none"),))
+                                  fixed=((DISTILL_AXIS, "none"),), pair_with="labels")
     return groups
 
 
@@ -181,7 +182,7 @@ def build_grid(params: dict, seeds: int, groups: dict[str, list[str] | None] | N
             bad = [v for v in values if v not in group.values]
             if bad:
                 raise AblationError(f"group {name}: unknown value {bad[0]!r}; allowed: {', '.join(group.values)}")
-            group = Group(group.name, group.axis, tuple(values), group.title, group.fixed)
+            group = Group(group.name, group.axis, tuple(values), group.title, group.fixed, group.pair_with)
         if not group.values:
             raise AblationError(f"group {name} has no values")
         selected.append(group)
@@ -762,6 +763,22 @@ def render_table(table: Table, reference: "Row | float | None") -> str:
     return "\n".join(lines)
 
 
+def render_pairs(first: Table, second: Table) -> str:
+    """Row by row at equal values: `first`'s row against `second`'s (e.g. hybrid vs no distillation at
+    each label fraction), with the same separation rule as against the reference."""
+    lines = [f"{first.group.title} vs {second.group.title}, at each `{second.group.axis}`:", "",
+             f"| {second.group.axis} | {first.group.title} | {second.group.title} | Δ | CIs separate |", "|---|---:|---:|---:|---:|"]
+    other = {r.value: r for r in second.rows}
+    for row in first.rows:
+        mate = other.get(row.value)
+        if mate is None:
+            continue
+        cell = lambda r: "–" if r.mean is None else f"{r.mean:.3f} {_fmt_ci(r.ci)}"
+        delta = None if row.mean is None or mate.mean is None else row.mean - mate.mean
+        lines.append(f"| {row.value} | {cell(row)} | {cell(mate)} | {_fmt(delta, True)} | {SEPARATES[row.separates_from(mate)]} |")
+    return "\n".join(lines)
+
+
 def _names(rows: list[Row]) -> str:
     return ", ".join(f"`{r.value}`" for r in rows)
 
@@ -915,6 +932,9 @@ def build_report(grid: Grid, baseline: Baseline, out: Path, compare_command: str
         said = conclusions(table, reference, baselines)
         if said:
             lines += [""] + said
+        paired = next((t for t in tables if t.group.name == table.group.pair_with), None)
+        if paired is not None:
+            lines += ["", render_pairs(paired, table)]
         if any(r.mean is not None for r in table.rows):
             image = image_dir / f"{table.group.name}.png"
             render_chart(table, image, baselines)

@@ -69,7 +69,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging
         old = path.with_name(f".{path.name}.old-{staging.name.rsplit('.', 1)[-1]}") if path.exists() else None

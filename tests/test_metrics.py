@@ -118,12 +118,12 @@ def test_split_metrics_on_a_hand_made_split():
     m = split_metrics(predictions, labels, choices, types, videos, TRAIN_LABELS, TRAIN_CHOICES, TRAIN_TYPES)
     assert m["accuracy"] == round(4 / 6, 4) and m["n"] == 6
     assert m["chance"] == round((5 / 3 + 1 / 2) / 6, 4)
-    lo, hi = m["ci95"]
+    lo, hi = m["ci95_low"], m["ci95_high"]
     assert 0.0 <= lo <= m["accuracy"] <= hi <= 1.0
     # majority letter (0) is right on questions 2 and 5 and 6; majority answer per type picks red / two:
     # positions 1, 0, 2, 1, 0 and (no "two") count's majority position 0 -> all six right
     assert m["baselines"]["majority_letter"]["accuracy"] == 0.5
-    assert m["baselines"]["majority_answer_per_type"] == {"accuracy": 1.0, "ci95": [1.0, 1.0]}
+    assert m["baselines"]["majority_answer_per_type"] == {"accuracy": 1.0, "ci95_low": 1.0, "ci95_high": 1.0}
     assert list(m["per_type"]) == ["color", "count"]
     color = m["per_type"]["color"]
     assert color["n"] == 3 and color["accuracy"] == round(2 / 3, 4)
@@ -137,12 +137,12 @@ def test_unlabelled_split_has_no_accuracy_and_no_ci():
     choices = [["a", "b"], ["c", "d"], ["e", "f"]]
     m = split_metrics([0, 1, 0], [None, None, -100], choices, ["when", "when", "other"], ["v1", "v1", "v2"],
                       TRAIN_LABELS, TRAIN_CHOICES, TRAIN_TYPES)
-    assert m["accuracy"] is None and m["ci95"] is None and m["n"] == 0 and m["chance"] is None
-    assert m["baselines"] == {"majority_letter": {"accuracy": None, "ci95": None},
-                              "majority_answer_per_type": {"accuracy": None, "ci95": None}}
-    assert m["per_type"]["when"] == {"accuracy": None, "ci95": None, "n": 0,
-                                     "majority_letter": {"accuracy": None, "ci95": None},
-                                     "majority_answer_per_type": {"accuracy": None, "ci95": None}}
+    assert m["accuracy"] is None and m["ci95_low"] is None and m["ci95_high"] is None and m["n"] == 0 and m["chance"] is None
+    assert m["baselines"] == {"majority_letter": {"accuracy": None, "ci95_low": None, "ci95_high": None},
+                              "majority_answer_per_type": {"accuracy": None, "ci95_low": None, "ci95_high": None}}
+    assert m["per_type"]["when"] == {"accuracy": None, "ci95_low": None, "ci95_high": None, "n": 0,
+                                     "majority_letter": {"accuracy": None, "ci95_low": None, "ci95_high": None},
+                                     "majority_answer_per_type": {"accuracy": None, "ci95_low": None, "ci95_high": None}}
     json.dumps(m)
 
 
@@ -154,9 +154,9 @@ def test_format_metrics_prints_cis_and_baselines_and_reads_old_files():
     text = format_metrics({"best_epoch": 1, "test": test})
     lines = text.splitlines()
     ml, ma = test["baselines"]["majority_letter"], test["baselines"]["majority_answer_per_type"]
-    assert lines[0] == (f"test accuracy 0.667 [{test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}] on 3 questions (chance 0.333; "
-                        f"majority letter {ml['accuracy']:.3f} [{ml['ci95'][0]:.3f}, {ml['ci95'][1]:.3f}]; "
-                        f"majority answer per type {ma['accuracy']:.3f} [{ma['ci95'][0]:.3f}, {ma['ci95'][1]:.3f}])")
+    assert lines[0] == (f"test accuracy 0.667 [{test['ci95_low']:.3f}, {test['ci95_high']:.3f}] on 3 questions (chance 0.333; "
+                        f"majority letter {ml['accuracy']:.3f} [{ml['ci95_low']:.3f}, {ml['ci95_high']:.3f}]; "
+                        f"majority answer per type {ma['accuracy']:.3f} [{ma['ci95_low']:.3f}, {ma['ci95_high']:.3f}])")
     assert lines[1].startswith("  color        0.667 [") and "(n=3; majority letter 0.333 [" in lines[1]
     assert "95% bootstrap CI over videos" in lines[-1]
     # TVQA test_public: no labels on test, the validation split is shown too
@@ -167,3 +167,14 @@ def test_format_metrics_prints_cis_and_baselines_and_reads_old_files():
     old = {"test": {"accuracy": 0.3553, "chance": 0.2, "n": 152, "per_type": {"after": {"accuracy": 0.3421, "n": 38}}}}
     assert format_metrics(old).splitlines() == ["test accuracy 0.355 on 152 questions (chance 0.200)",
                                                 "  after        0.342  (n=38)"]
+
+
+def test_ci_is_stored_as_numbers_dvc_can_read():
+    """DVC's metrics reader keeps only numbers: a list-valued CI would vanish from `dvc exp show`."""
+    from cater.metrics import accuracy_with_ci, ci_of
+
+    block = accuracy_with_ci(np.array([True, False, True, True]), np.array(["a", "a", "b", "c"]))
+    assert all(isinstance(v, float) for v in block.values())
+    assert ci_of(block) == (block["ci95_low"], block["ci95_high"])
+    assert ci_of({"accuracy": 0.5, "ci95": [0.4, 0.6]}) == (0.4, 0.6)  # files written before the change
+    assert ci_of({"accuracy": 0.5}) is None

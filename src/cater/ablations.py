@@ -497,6 +497,19 @@ def read_show_json(show: list, rev: str | None = None) -> Baseline:
     return Baseline(commit.get("rev", ""), commit.get("name"), _params_of(commit.get("data") or {}), records)
 
 
+def fill_eval_from_git(run: Runner, baseline: Baseline) -> None:
+    """Experiments whose `test` block has no CI (an eval.json from before `ci95_low`/`ci95_high`: DVC's
+    metrics reader drops lists) get the whole `test` block of their committed metrics/eval.json."""
+    from cater.metrics import ci_of
+
+    for record in baseline.experiments:
+        if record.state != "success" or record.test is None or ci_of(record.test) is not None or not record.rev:
+            continue
+        shown = run("git", "show", f"{record.rev}:{EVAL_METRICS}", check=False, quiet=True)
+        if shown.returncode == 0:
+            record.test = (json.loads(shown.stdout).get("test") or record.test)
+
+
 def exp_show_json(run: Runner, rev: str | None = None) -> list:
     args = ["dvc", "exp", "show", "--json"] + (["--rev", rev] if rev else [])
     try:
@@ -637,8 +650,9 @@ def _mean_ci(cis: list) -> tuple[float, float] | None:
 
 
 def _ci_of(block: dict) -> tuple[float, float] | None:
-    ci = block.get("ci95")
-    return (float(ci[0]), float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else None
+    from cater.metrics import ci_of
+
+    return ci_of(block)
 
 
 @dataclass

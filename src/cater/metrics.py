@@ -142,12 +142,25 @@ def _round(value: float | None, digits: int) -> float | None:
 
 def accuracy_with_ci(correct: np.ndarray, clusters: np.ndarray | None, n_boot: int = N_BOOT, seed: int = SEED,
                      digits: int = DIGITS) -> dict:
-    """{accuracy, ci95} of the given questions; both None when there are none."""
+    """{accuracy, ci95_low, ci95_high} of the given questions; all None when there are none."""
     correct = np.asarray(correct, dtype=bool)
     if correct.size == 0:
-        return {"accuracy": None, "ci95": None}
+        return {"accuracy": None, "ci95_low": None, "ci95_high": None}
     lo, hi = bootstrap_ci(correct, clusters, n_boot=n_boot, seed=seed, level=0.95)
-    return {"accuracy": _round(correct.mean(), digits), "ci95": [_round(lo, digits), _round(hi, digits)]}
+    return {"accuracy": _round(correct.mean(), digits), "ci95_low": _round(lo, digits), "ci95_high": _round(hi, digits)}
+
+
+def ci_of(block: dict | None) -> tuple[float, float] | None:
+    """(low, high) of a metrics block: the scalar `ci95_low`/`ci95_high` (DVC's metrics reader keeps only
+    numbers, so a list would vanish from `dvc exp show`), or an older file's `ci95: [low, high]`."""
+    block = block or {}
+    low, high = block.get("ci95_low"), block.get("ci95_high")
+    if low is None or high is None:
+        pair = block.get("ci95")
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or None in pair:
+            return None
+        low, high = pair
+    return float(low), float(high)
 
 
 def split_metrics(predictions: Sequence[int], labels: Sequence, choices: Sequence[Sequence[str]],
@@ -157,9 +170,9 @@ def split_metrics(predictions: Sequence[int], labels: Sequence, choices: Sequenc
     """The metrics of one split. Unlabelled questions (None or negative labels) are not counted;
     a split without labels gets accuracy, CIs and chance None. CIs resample videos (`video_ids`).
 
-    {accuracy, ci95: [lo, hi], n, chance (mean 1/C),
-     baselines: {majority_letter: {accuracy, ci95}, majority_answer_per_type: {accuracy, ci95}},
-     per_type: {type: {accuracy, ci95, n, majority_letter: {accuracy, ci95}, majority_answer_per_type: {...}}}}
+    {accuracy, ci95_low, ci95_high, n, chance (mean 1/C),
+     baselines: {majority_letter: {accuracy, ci95_low, ci95_high}, majority_answer_per_type: {...}},
+     per_type: {type: {accuracy, ci95_low, ci95_high, n, majority_letter: {...}, majority_answer_per_type: {...}}}}
     """
     labels = _labels(labels)
     predictions = np.asarray(predictions, dtype=np.int64).ravel()

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from cater.ablations import (AblationError, Runner, build_grid, build_report, compare_command, exp_show_json,
+from cater.ablations import (AblationError, Runner, build_grid, build_report, compare_command, exp_show_json, fill_eval_from_git,
                              parse_group_specs, read_settings, read_show_json)
 
 DEFAULT_OUT = Path("reports/ablations.md")
@@ -23,11 +23,11 @@ DEFAULT_OUT = Path("reports/ablations.md")
 def write_report(out: Path = DEFAULT_OUT, rev: str | None = None, show_json: Path | None = None,
                  groups: dict | None = None, root: Path = Path(".")) -> Path:
     """Read the experiments (from `show_json`, else `dvc exp show --json`) and write the report."""
-    if show_json is not None:
-        show = json.loads(Path(show_json).read_text())
-    else:
-        show = exp_show_json(Runner(root, echo=lambda _: None), rev)
+    run = Runner(root, echo=lambda _: None)
+    show = json.loads(Path(show_json).read_text()) if show_json is not None else exp_show_json(run, rev)
     baseline = read_show_json(show, rev)
+    if show_json is None:
+        fill_eval_from_git(run, baseline)
     if not baseline.params:
         raise AblationError(f"baseline {baseline.rev[:7]} has no params.yaml in `dvc exp show --json`")
     if groups is None:

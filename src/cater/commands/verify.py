@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from cater.ablations import EVAL_METRICS, AblationError, Runner
+from cater.metrics import ci_of
 
 DATA_STAGES = ("dataset", "frames", "splits", "prompts")
 EVAL_STAGE = "eval"
@@ -173,8 +174,7 @@ def compare_metrics(committed: dict | None, reproduced: dict | None, stale: bool
     if split is None:
         return MetricCheck(None, problem=f"the committed {EVAL_METRICS} has no accuracy on a labelled split", stale=stale)
     block = committed[split]
-    ci = block.get("ci95")
-    check = MetricCheck(split, float(block["accuracy"]), (float(ci[0]), float(ci[1])) if ci else None, stale=stale)
+    check = MetricCheck(split, float(block["accuracy"]), ci_of(block), stale=stale)
     value = ((reproduced or {}).get(split) or {}).get("accuracy")
     check.reproduced = None if value is None else float(value)
     if check.reproduced is None:

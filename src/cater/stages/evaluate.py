@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cater.data.schema import read_samples
 from cater.io import atomic_path, atomic_write_json
-from cater.metrics import split_metrics
+from cater.metrics import ci_of, split_metrics
 from cater.stages.train import CHECKPOINT, prepare
 from cater.teachers.base import LETTERS
 from cater.train import load_student, predict
@@ -51,7 +51,7 @@ def run(params, args) -> None:
             test_logits, test_split = logits, split
     PLOTS.mkdir(exist_ok=True)
     _write_csv(PLOTS / "per_type_accuracy.csv", ["question_type", "accuracy", "ci95_low", "ci95_high", "n"],
-               [[t, v["accuracy"], *(v["ci95"] or [None, None]), v["n"]] for t, v in metrics["test"]["per_type"].items()])
+               [[t, v["accuracy"], *(ci_of(v) or (None, None)), v["n"]] for t, v in metrics["test"]["per_type"].items()])
     chosen = test_logits.argmax(1)
     _write_csv(PLOTS / "confusion.csv", ["actual", "predicted"],
                [[LETTERS[int(y)], LETTERS[int(p)]] for y, p in zip(test_split.labels, chosen) if y >= 0])
@@ -66,7 +66,7 @@ def _fmt(value) -> str:
 def format_accuracy(block: dict | None) -> str:
     """`0.412 [0.371, 0.455]`; `n/a` without labels; no brackets for metrics written before CIs."""
     block = block or {}
-    ci = block.get("ci95")
+    ci = ci_of(block)
     return _fmt(block.get("accuracy")) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
 
 
@@ -93,7 +93,7 @@ def format_metrics(metrics: dict) -> str:
     if test.get("accuracy") is None and "val" in metrics:
         lines.append("the test split has no labels; on the validation split:")
         lines += format_split("val", metrics["val"])
-    if test.get("ci95") or (metrics.get("val") or {}).get("ci95"):
+    if ci_of(test) or ci_of(metrics.get("val")):
         lines.append("[lo, hi]: 95% bootstrap CI over videos; baselines fit on the train split")
     return "\n".join(lines)
 

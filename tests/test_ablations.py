@@ -193,7 +193,7 @@ def test_experiments_carry_their_params_and_metrics(ablated):
             node = record.params
             for key in axis.split("."):
                 node = node[key]
-            assert node == exp.config[axis]
+            assert str(node) == exp.config[axis]  # label_fraction is a number in params.yaml
         assert record.test["n"] == 12 and set(record.test["per_type"]) == {"after", "count", "direction", "first"}
 
 

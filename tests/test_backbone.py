@@ -102,3 +102,20 @@ def test_vit_b_16_builds_with_random_weights():
     pooled, tokens, _ = vit.text_features(["a dog"])
     assert pooled.shape == (1, 512) and tokens.shape == (1, 77, 512)
     torch.testing.assert_close(pooled, vit.model.encode_text(vit.tokenizer(["a dog"])), atol=1e-5, rtol=0)
+
+
+def test_feature_cache_key_follows_the_architecture_and_the_weights(tmp_path):
+    """A changed open_clip config or checkpoint is a new model: its features are never served from the cache."""
+    from cater.stages.features import cache_key
+
+    spec = BackboneSpec("cater-tiny", None, 0)
+    config = {"embed_dim": 64, "vision_cfg": {"patch_size": 16}}
+    base = cache_key(spec, config, 64, 8)
+    assert cache_key(spec, config, 64, 8) == base
+    assert cache_key(spec, {**config, "vision_cfg": {"patch_size": 8}}, 64, 8) != base
+    assert cache_key(BackboneSpec("cater-tiny", None, 1), config, 64, 8) != base
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"one")
+    first = cache_key(BackboneSpec("cater-tiny", str(weights), 0), config, 64, 8)
+    weights.write_bytes(b"two")
+    assert cache_key(BackboneSpec("cater-tiny", str(weights), 0), config, 64, 8) != first

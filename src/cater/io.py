@@ -194,6 +194,8 @@ FULL_HASH_LIMIT = 64 << 20  # files above this are fingerprinted by size and the
 def checkpoint_fingerprint(model: str) -> dict:
     """Identifies the checkpoint's content, so cached rows of another checkpoint are never reused."""
     path = Path(model)
+    if path.is_file():
+        return {"file": file_fingerprint(path)}
     if not path.is_dir():
         return {"hub_id": model}
     files = {}

@@ -60,6 +60,12 @@ def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
     return list(strings), per_sample, prompts
 
 
+def cache_key(spec: BackboneSpec, architecture: dict, frame_size: int, num_frames: int) -> str:
+    """Cached features are reused only for the same backbone: its name, seed, open_clip config and weights."""
+    return stable_hash({"backbone": spec.__dict__, "architecture": architecture, "frames": frame_size, "num_frames": num_frames,
+                        "weights": checkpoint_fingerprint(spec.pretrained) if spec.pretrained and spec.pretrained != "openai" else None})
+
+
 def run(params, args) -> None:
     cfg = params["features"]
     samples = [s for split in SPLITS for s in read_samples(SPLITS_DIR / f"{split}.jsonl")]
@@ -70,9 +76,7 @@ def run(params, args) -> None:
     spec = BackboneSpec(cfg["backbone"], cfg["pretrained"], cfg["seed"])
     device = "cuda" if cfg["device"] == "auto" and torch.cuda.is_available() else ("cpu" if cfg["device"] == "auto" else cfg["device"])
     backbone = FrozenBackbone(spec, device=device)
-    cache = CACHE / stable_hash({"backbone": spec.__dict__, "architecture": backbone.architecture(), "frames": params["frames"]["size"],
-                                 "num_frames": num_frames,
-                                 "weights": checkpoint_fingerprint(spec.pretrained) if spec.pretrained else None})
+    cache = CACHE / cache_key(spec, backbone.architecture(), params["frames"]["size"], num_frames)
     (cache / "video").mkdir(parents=True, exist_ok=True)
     (cache / "text").mkdir(parents=True, exist_ok=True)
 

@@ -21,24 +21,9 @@ from cater.features import CachedFeatures
 from cater.io import encode_array, read_jsonl, write_jsonl
 from cater.models.student import CaTeRStudent, StudentConfig
 from cater.train import FeatureBatcher, SplitTensors, StudentWithLoss, load_teacher_outputs
-from test_train_ddp import HIDDEN, build_cache, config
+from test_train_ddp import HIDDEN, build_cache, cache, config, one_thread  # noqa: F401 (fixtures)
 
 B, T, P, L, C, D = 4, 4, 5, 6, 5, 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train-fixes")
-    build_cache(root)
-    return root
 
 
 def student_batch(seed: int = 0) -> dict[str, torch.Tensor]:

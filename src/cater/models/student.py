@@ -61,19 +61,29 @@ class StudentConfig:
         return asdict(self)
 
 
-class NormFusion(nn.Module):
-    """The seed's block: fused = LayerNorm(visual + dropout(attention(LN(visual), LN(prompt))))."""
+class PromptAttention(nn.Module):
+    """What both fusion blocks share: visual tokens (queries) attend to the frame's prompt tokens, each side LayerNormed."""
 
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+
+    def attend(self, visual, prompt, prompt_pad, has_prompt):
+        kv = self.norm_kv(prompt)
+        return self.attn(self.norm_q(visual), kv, kv, key_padding_mask=_finite_pad(prompt_pad, has_prompt), need_weights=False)[0]
+
+
+class NormFusion(PromptAttention):
+    """The seed's block: fused = LayerNorm(visual + dropout(attention(LN(visual), LN(prompt))))."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__(dim, heads, dropout)
         self.drop = nn.Dropout(dropout)
         self.norm_out = nn.LayerNorm(dim)
 
     def forward(self, visual, prompt, prompt_pad, has_prompt):
-        kv = self.norm_kv(prompt)
-        attended, _ = self.attn(self.norm_q(visual), kv, kv, key_padding_mask=_finite_pad(prompt_pad, has_prompt), need_weights=False)
+        attended = self.attend(visual, prompt, prompt_pad, has_prompt)
         # a frame without a prompt gets no attention term (the seed attends to the empty string instead)
         return self.norm_out(visual + self.drop(attended) * has_prompt[:, None, None].to(visual.dtype))
 
@@ -81,20 +91,17 @@ class NormFusion(nn.Module):
         return self.norm_out(visual)
 
 
-class GatedFusion(nn.Module):
+class GatedFusion(PromptAttention):
     """Pre-norm cross-attention and feed-forward, added through a tanh gate that starts closed."""
 
     def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        super().__init__(dim, heads, dropout)
         self.norm_ff = nn.LayerNorm(dim)
         self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
         self.gate = nn.Parameter(torch.zeros(1))  # starts as identity: the frozen features pass through
 
     def forward(self, visual, prompt, prompt_pad, has_prompt):
-        kv = self.norm_kv(prompt)
-        attended, _ = self.attn(self.norm_q(visual), kv, kv, key_padding_mask=_finite_pad(prompt_pad, has_prompt), need_weights=False)
+        attended = self.attend(visual, prompt, prompt_pad, has_prompt)
         update = attended + self.ff(self.norm_ff(visual + attended))
         return visual + torch.tanh(self.gate) * update * has_prompt[:, None, None].to(visual.dtype)
 

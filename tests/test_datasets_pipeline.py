@@ -27,7 +27,7 @@ import yaml
 from cater.data.schema import read_samples
 from cater.io import read_jsonl
 from helpers import official_layouts
-from helpers.dvc_workspace import REPO, make_workspace, run, set_params
+from helpers.dvc_workspace import REPO, link_dataset, make_workspace, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +79,10 @@ def workspace(tmp_path_factory, tiny_llm) -> Path:
 
 
 def use_dataset(root: Path, tmp_path: Path, name: str) -> dict:
-    """Write the official layout of `name` under tmp_path and point params `dataset` at it."""
+    """Write the official layout of `name` under tmp_path, link it in as data/raw/<name> and point params
+    `dataset` at it; returns the layout's config with absolute paths (where the files really are)."""
     cfg = getattr(official_layouts, f"write_{name}")(tmp_path / name)
-    set_params(root / "params.yaml", {"dataset": cfg})  # replaces the whole section: no `shapes` block
+    set_params(root / "params.yaml", {"dataset": link_dataset(root, cfg, tmp_path / name)})  # the whole section: no `shapes`
     return cfg
 
 
@@ -168,7 +169,8 @@ def msvd_with_annotations_prompts(tmp_path_factory):
     """MSVD-QA with the demo's default prompt generator (`annotations`), run up to the prompts."""
     base = tmp_path_factory.mktemp("msvd-annotations")
     cfg = official_layouts.write_msvd_qa(base / "msvd_qa")
-    root = make_workspace(base, {"dataset": cfg})
+    root = make_workspace(base)
+    set_params(root / "params.yaml", {"dataset": link_dataset(root, cfg, base / "msvd_qa")})
     return root, cfg, dvc(root, "repro", "prompts@annotations", check=False)
 
 
@@ -183,8 +185,6 @@ def test_annotations_prompts_on_an_official_dataset_fail_naming_the_missing_even
     assert not (root / "data/prompts/annotations.jsonl").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation (README): official annotation files live outside the "
-                                       "repository and are not deps of the dataset stage unless the user tracks them")
 def test_an_edited_official_annotation_file_makes_the_dataset_stage_stale(msvd_with_annotations_prompts):
     root, cfg, _ = msvd_with_annotations_prompts
     assert "dataset" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
@@ -196,8 +196,10 @@ def test_an_edited_official_annotation_file_makes_the_dataset_stage_stale(msvd_w
 
 def test_switching_dataset_name_keeps_working_with_the_demo_shapes_block(tmp_path):
     cfg = official_layouts.write_msrvtt_qa(tmp_path / "msrvtt_qa", with_videos=True)
+    root = make_workspace(tmp_path)
     # what a user does: change `name` and add the adapter's keys, leaving `shapes:` in place
-    root = make_workspace(tmp_path, {f"dataset.{key}": value for key, value in cfg.items()})
+    cfg = link_dataset(root, cfg, tmp_path / "msrvtt_qa")
+    set_params(root / "params.yaml", {f"dataset.{key}": value for key, value in cfg.items()})
     assert "shapes" in yaml.safe_load((root / "params.yaml").read_text())["dataset"]
     result = dvc(root, "repro", "dataset", check=False)
     assert result.returncode == 0, result.stderr[-3000:]

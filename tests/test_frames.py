@@ -1,6 +1,7 @@
 """Frame decoding (decord) on generated and real mp4s, bad videos, and the frames stage."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -187,19 +188,23 @@ FRAMES_PARAMS = {"num_frames": 8, "size": 32, "workers": 2, "skip_bad": False}
 
 
 def stage_workspace(root: Path, shapes_set) -> dict[str, str]:
-    """samples.jsonl with the good shapes videos plus four bad ones; returns {bad video_id: path}."""
-    good = shapes_set.samples
+    """samples.jsonl with the good shapes videos (linked in as data/raw/shapes-set) plus four bad ones under
+    data/bad; returns {bad video_id: path}."""
+    (root / "data" / "raw").mkdir(parents=True)
+    (root / "data" / "raw" / "shapes-set").symlink_to(shapes_set.root, target_is_directory=True)
+    good = [dataclasses.replace(s, video=str(Path("data/raw/shapes-set") / Path(s.video).relative_to(shapes_set.root)))
+            for s in shapes_set.samples]
     src = next(iter(shapes_set.videos().values()))
-    bad_dir = root / "bad"
-    bad_dir.mkdir()
+    bad_dir = Path("data/bad")
+    (root / bad_dir).mkdir()
     bad = {
-        "bad-truncated": str(cut(src, bad_dir / "truncated.mp4", 0.4)),
+        "bad-truncated": str(cut(src, root / bad_dir / "truncated.mp4", 0.4).relative_to(root)),
         "bad-empty": str(bad_dir / "empty.mp4"),
         "bad-text": str(bad_dir / "text.mp4"),
         "bad-missing": str(bad_dir / "missing.mp4"),
     }
-    Path(bad["bad-empty"]).touch()
-    Path(bad["bad-text"]).write_text("not a video")
+    (root / bad["bad-empty"]).touch()
+    (root / bad["bad-text"]).write_text("not a video")
     extra = [
         Sample(id=f"{vid}-q", dataset="shapes", split="train", video=path, video_id=vid, question="Q?",
                choices=["a", "b"], answer_idx=0, question_type="count")
@@ -222,7 +227,7 @@ def test_frames_stage_reports_bad_videos_then_skips_them(shapes_set, tmp_path, m
 
     monkeypatch.setattr(stage, "decode_video", parent_decode)
 
-    roots = {"videos": [str(shapes_set.root), str(tmp_path / "bad")]}  # the dataset's declared video folders
+    roots = {"name": "shapes"}  # every video is under data/
     with pytest.raises(RuntimeError, match="4 unreadable video") as info:
         stage.run({"frames": dict(FRAMES_PARAMS), "dataset": roots}, None)
     assert "skip_bad" in str(info.value)
@@ -264,14 +269,14 @@ def test_frames_stage_redecodes_a_changed_video(shapes_set, tmp_path, monkeypatc
     import cater.stages.frames as stage
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "videos").mkdir()
+    (tmp_path / "data" / "videos").mkdir(parents=True)
     first, second = sorted(shapes_set.videos().items())[:2]
-    video = tmp_path / "videos" / "clip.mp4"
+    video = Path("data/videos/clip.mp4")
     shutil.copyfile(first[1], video)
     sample = Sample(id="clip-q", dataset="shapes", split="train", video=str(video), video_id="clip", question="Q?",
                     choices=["a", "b"], answer_idx=0, question_type="count")
     write_samples(tmp_path / "data" / "samples.jsonl", [sample])
-    params = {"frames": {**FRAMES_PARAMS, "workers": 1}, "dataset": {"videos": "videos"}}
+    params = {"frames": {**FRAMES_PARAMS, "workers": 1}, "dataset": {"name": "shapes"}}
     stage.run(params, None)
     shutil.copyfile(second[1], video)  # same path and id, new content
     stage.run(params, None)
@@ -314,26 +319,34 @@ def test_frames_stage_refuses_videos_outside_the_declared_roots(shapes_set, tmp_
     assert "data/samples.jsonl" in message and "sample 'evil-q'" in message and "field 'video'" in message, message
     assert repr(video) in message and "outside" in message, message
     assert not (tmp_path / "data" / "frames").exists() and not (tmp_path / "data" / ".cache").exists()  # nothing decoded
-    # declared as the dataset's video folder, the same sample is read
-    stage.run({**params, "dataset": {"name": "msrvtt_qa", "videos": str(outside)}}, None)
+    # linked in under data/raw (as an official release is), the same video is read
+    (tmp_path / "data" / "raw").mkdir()
+    (tmp_path / "data" / "raw" / "msrvtt_qa").symlink_to(outside)
+    write_samples(tmp_path / "data" / "samples.jsonl", [_sample("ok-q", "data/videos/ok.mp4"),
+                                                        _sample("evil-q", "data/raw/msrvtt_qa/secret.mp4")])
+    stage.run(params, None)
     assert sorted(FrameStore(tmp_path / "data/frames").index) == ["evil-q", "ok-q"]
 
 
-def test_frames_stage_accepts_frames_dir_roots(shapes_set, tmp_path, monkeypatch):
+def test_frames_stage_reads_frame_folders_linked_under_data_raw(shapes_set, tmp_path, monkeypatch):
     import cater.stages.frames as stage
     from PIL import Image
 
     monkeypatch.chdir(tmp_path)
-    folder = tmp_path.parent / f"{tmp_path.name}-tvqa" / "clip1"
+    release = tmp_path.parent / f"{tmp_path.name}-tvqa"
+    folder = release / "clip1"
     folder.mkdir(parents=True)
     for i in range(12):
         Image.fromarray(np.full((32, 32, 3), 10 * i, dtype=np.uint8)).save(folder / f"{i + 1:05d}.png")
-    write_samples(tmp_path / "data" / "samples.jsonl", [_sample("clip1-q", str(folder))])
-    params = {"frames": {**FRAMES_PARAMS, "workers": 1}, "dataset": {"name": "tvqa", "frames_dir": str(folder.parent)}}
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "tvqa").symlink_to(release)
+    write_samples(tmp_path / "data" / "samples.jsonl", [_sample("clip1-q", "data/raw/tvqa/clip1")])
+    params = {"frames": {**FRAMES_PARAMS, "workers": 1}, "dataset": {"name": "tvqa", "frames_dir": "data/raw/tvqa"}}
     stage.run(params, None)
     assert FrameStore(tmp_path / "data/frames").load("clip1-q").shape == (8, 32, 32, 3)
+    write_samples(tmp_path / "data" / "samples.jsonl", [_sample("clip1-q", str(folder))])  # the same folder, by its machine path
     with pytest.raises(ValueError, match="sample 'clip1-q'"):  # MediaPathError
-        stage.run({**params, "dataset": {"name": "tvqa", "videos": str(tmp_path / "data")}}, None)
+        stage.run(params, None)
 
 
 @pytest.mark.parametrize("video_id", ["..", ".", "../../x", "/etc/passwd", ".hidden", "-rf", "a/b/c", "é" * 80])

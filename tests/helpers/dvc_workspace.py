@@ -67,3 +67,23 @@ def make_workspace(tmp_path: Path, overrides: dict | None = None, small: bool = 
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "workspace"], root)
     return root
+
+
+def link_dataset(root: Path, cfg: dict, release: Path) -> dict:
+    """Link the official layout written under `release` into the workspace as data/raw/<name> (as a user
+    links a downloaded release) and return `cfg` with its paths rewritten relative to the repository."""
+    link = root / "data" / "raw" / cfg["name"]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(Path(release).resolve(), target_is_directory=True)
+
+    def moved(value):
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and Path(value).is_absolute():
+            return str(Path("data/raw", cfg["name"], Path(value).resolve().relative_to(Path(release).resolve())))
+        return value
+
+    return {key: moved(value) if key in ("annotations", "videos", "frames_dir", "subtitles", "video_mapping") else value
+            for key, value in cfg.items()}

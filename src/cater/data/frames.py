@@ -137,13 +137,11 @@ class MediaPathError(ValueError):
 REPO_DATA = Path("data")  # relative to the repository root, where every stage runs
 
 
-def media_roots(dataset: dict[str, Any] | None, repo_data: str | Path = REPO_DATA) -> list[Path]:
-    """The folders sample videos may be read from: the repository's `data/`, plus the dataset's declared
-    video roots from params (`dataset.videos`: one folder or a list; `dataset.frames_dir`: likewise)."""
-    from cater.data.adapters import as_dirs
-
-    dataset = dataset or {}
-    return [Path(repo_data), *as_dirs(dataset.get("videos")), *as_dirs(dataset.get("frames_dir"))]
+def media_roots(repo_data: str | Path = REPO_DATA) -> list[Path]:
+    """The folders sample videos may be read from: the repository's `data/` only. Official datasets are
+    found under `data/raw/<dataset>` (a folder or a symlink to where the release lives), so every path a
+    samples file holds is repository-relative and the same on every machine."""
+    return [Path(repo_data)]
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -171,7 +169,7 @@ def check_media_paths(samples: Iterable, roots: Sequence[str | Path], source: st
             allowed = ", ".join(str(root) for root in roots)
             raise MediaPathError(
                 f"{source}: sample {sample.id!r}: field 'video' is {video!r}, outside the allowed media roots ({allowed}); "
-                "videos must lie under data/ or a folder declared in params dataset.videos / dataset.frames_dir")
+                "videos must lie under data/ (official datasets under data/raw/<dataset>, a folder or a symlink)")
 
 
 @dataclass

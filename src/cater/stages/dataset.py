@@ -1,9 +1,17 @@
-"""Stage `dataset`: raw annotations (+ videos) -> data/samples.jsonl in the normalized schema."""
+"""Stage `dataset`: raw annotations (+ videos) -> data/samples.jsonl in the normalized schema.
+
+An official dataset is read from `data/raw/<dataset.name>/` (the folder dvc.yaml declares as this stage's
+and the frames stage's dependency): a copy of the release or a symlink to where it lives. Every path in
+`dataset:` params must lie inside that folder, written relative to the repository, so neither dvc.lock
+nor data/samples.jsonl holds a machine path and a clone elsewhere, with the release elsewhere, reuses
+every output.
+"""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from cater.data.schema import write_samples
 from cater.data.shapes import ShapesConfig, generate
@@ -11,6 +19,31 @@ from cater.io import atomic_write_text
 
 SAMPLES = Path("data/samples.jsonl")
 VIDEOS = Path("data/videos")
+RAW = Path("data/raw")
+PATH_KEYS = ("annotations", "videos", "frames_dir", "subtitles", "video_mapping")  # dataset params that name files
+
+
+def check_declared_paths(cfg: dict, name: str, source: str = "params.yaml") -> None:
+    """Every path-valued `dataset` key must be a relative path inside data/raw/<name>/ (no `..`), and that
+    folder must exist; otherwise a ValueError says which key and how to fix it."""
+    root = RAW / name
+    for key in PATH_KEYS:
+        value = cfg.get(key)
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            if item in (None, ""):
+                continue
+            text = str(item)
+            parts = PurePosixPath(text.replace(os.sep, "/")).parts
+            inside = not os.path.isabs(text) and ".." not in parts and parts[:3] == root.parts
+            if not inside:
+                raise ValueError(
+                    f"{source}: dataset.{key} is {text!r}; the official files must be named inside {root}/ "
+                    f"(e.g. {root}/{key if key != 'video_mapping' else 'youtube_mapping.txt'}), relative to the "
+                    f"repository. Put the release there or link it: ln -s /where/it/lives {root}. A machine path "
+                    "in params would enter dvc.lock and data/samples.jsonl and make every output machine-specific.")
+    if not root.is_dir():
+        raise ValueError(f"{root}/ does not exist: put the {name} release there, or link it "
+                         f"(ln -s /where/it/lives {root}); see data/raw/README.md")
 
 
 def run(params, args) -> None:
@@ -33,8 +66,9 @@ def run(params, args) -> None:
         if name not in ADAPTERS:
             raise ValueError(f"params.yaml: dataset.name {name!r} is unknown; choose shapes or one of {sorted(ADAPTERS)}")
         cfg.pop("shapes", None)  # the demo generator's block may stay in params.yaml
+        check_declared_paths(cfg, name)
         samples = ADAPTERS[name]({**cfg, "name": name})
-        atomic_write_text(VIDEOS / "SOURCE.txt", f"{name}: videos are read in place from the paths in data/samples.jsonl\n")
+        atomic_write_text(VIDEOS / "SOURCE.txt", f"{name}: videos are read in place from {RAW / name}/, as named in data/samples.jsonl\n")
     write_samples(SAMPLES, samples)
     counts = {split: sum(s.split == split for s in samples) for split in ("train", "val", "test")}
     print(f"dataset {name}: {len(samples)} samples {counts} -> {SAMPLES}")

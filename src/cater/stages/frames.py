@@ -3,8 +3,8 @@
 Finished videos are kept in data/.cache/frames/<config hash>/ (one atomic .npy each), so a killed
 run continues where it stopped; the output directory is assembled at the end.
 
-Before anything is decoded, every sample's `video` must lie under data/ or a folder the dataset
-declares in params (`dataset.videos`, `dataset.frames_dir`); a samples file cannot point elsewhere.
+Before anything is decoded, every sample's `video` must lie under data/ (official datasets are linked
+in as data/raw/<dataset>); a samples file cannot point elsewhere.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _decode_one(job: tuple[str, str, int, int, float | None, float | None, str])
 def run(params, args) -> None:
     cfg = params["frames"]
     samples = read_samples(SAMPLES)
-    check_media_paths(samples, media_roots(params.get("dataset")), str(SAMPLES))
+    check_media_paths(samples, media_roots(), str(SAMPLES))
     videos: dict[str, tuple] = {}
     for sample in samples:  # one decode per (video, window); samples of one clip share it
         videos.setdefault(sample.video_id, (sample.video, sample.start, sample.end))

@@ -35,11 +35,20 @@ class CachedFeatures:
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
         self.index = json.loads((self.directory / "index.json").read_text())
-        video = load_file(str(self.directory / "video.safetensors"))
-        text = load_file(str(self.directory / "text.safetensors"))
+        video, text = self._load("video.safetensors"), self._load("text.safetensors")
         self.cls, self.patches = video["cls"], video["patches"]
         self.text_pooled, self.text_tokens, self.text_lengths = text["pooled"], text["tokens"], text["lengths"]
         self.video_row = {vid: i for i, vid in enumerate(self.index["video_ids"])}
+
+    def _load(self, name: str) -> dict:
+        path = self.directory / name
+        try:
+            return load_file(str(path))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: missing; run the features stage (dvc repro features)") from None
+        except Exception as exc:  # SafetensorError on a truncated or foreign file
+            raise ValueError(f"{path}: damaged feature file ({type(exc).__name__}: {exc}); restore it with "
+                             "`dvc checkout data/features`, or rebuild it with `dvc repro --force features`") from None
 
     @property
     def embed_dim(self) -> int:

@@ -122,6 +122,55 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def npy_problem(path: str | Path) -> str | None:
+    """Why the .npy file at `path` is not a complete array (None when it is): a missing or unreadable
+    header, or fewer (or more) data bytes than its header's shape and dtype need. Reads the header only."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read_header(handle)
+            offset = handle.tell()
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # ValueError for a bad magic or header, EOFError for a cut one
+        return f"unreadable .npy header ({type(exc).__name__}: {exc})"
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        return f"{size} bytes, the header's shape {tuple(shape)} {dtype} needs {expected} (truncated or padded)"
+    return None
+
+
+def npz_problem(path: str | Path) -> str | None:
+    """Why the .npz file at `path` is unreadable (None when every member passes its CRC check)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # BadZipFile, EOFError, zlib errors
+        return f"not a complete .npz archive ({type(exc).__name__}: {exc})"
+    return f"member {bad} fails its CRC check" if bad else None
+
+
+def discard_corrupt(path: str | Path, problem: Callable[[Path], str | None], log: Callable[[str], None] = print) -> bool:
+    """For resumable caches: True if `path` holds a complete entry; a present but corrupt entry is named,
+    deleted and reported as absent (False), so the caller recomputes it instead of failing on every run."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    reason = problem(path)
+    if reason is None:
+        return True
+    log(f"{path}: corrupt cache file ({reason}); discarded, it is recomputed")
+    path.unlink()
+    return False
+
+
 def encode_array(array: np.ndarray) -> dict:
     array = np.ascontiguousarray(array)
     return {"dtype": str(array.dtype), "shape": list(array.shape), "b64": base64.b64encode(array.tobytes()).decode()}

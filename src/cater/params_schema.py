@@ -37,7 +37,8 @@ SCHEMA: dict[str, Any] = {
     "splits": {"train_n": OPT_INT, "val_n": OPT_INT, "test_n": OPT_INT, "seed": int},
     "prompts": {"batch_size": int, "max_failures": int, "generators": ANY_MAPPING},
     "teacher": {"batch_size": int, "models": ANY_MAPPING},
-    "features": {"backbone": str, "pretrained": OPT_STR, "seed": int, "device": str, "batch_size": int, "text_chunk": int},
+    "features": {"backbone": str, "pretrained": OPT_STR, "seed": int, "device": str, "batch_size": int, "text_chunk": int,
+                 "truncate_text": bool},
     "train": {
         "prompt_variant": str,
         "prompt_generator": str,
@@ -74,6 +75,55 @@ CHOICES = {
     ("train", "mixed_precision"): ("no", "fp16", "bf16"),
 }
 
+# Numeric bounds: (lowest, highest, whether the lowest itself is allowed); None = unbounded on that side.
+BOUNDS: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {
+    ("dataset", "num_choices"): (2, 5, True),
+    ("dataset", "shapes", "size"): (16, None, True),
+    ("dataset", "shapes", "fps"): (1, None, True),
+    ("dataset", "shapes", "seconds"): (0, None, False),
+    ("frames", "num_frames"): (1, None, True),
+    ("frames", "size"): (8, None, True),
+    ("frames", "workers"): (1, None, True),
+    ("splits", "train_n"): (1, None, True),
+    ("splits", "val_n"): (1, None, True),
+    ("splits", "test_n"): (1, None, True),
+    ("prompts", "batch_size"): (1, None, True),
+    ("prompts", "max_failures"): (0, None, True),
+    ("teacher", "batch_size"): (1, None, True),
+    ("features", "batch_size"): (1, None, True),
+    ("features", "text_chunk"): (1, None, True),
+    ("train", "epochs"): (1, None, True),
+    ("train", "batch_size"): (1, None, True),
+    ("train", "lr"): (0, None, False),
+    ("train", "warmup_fraction"): (0, 1, True),
+    ("train", "weight_decay"): (0, None, True),
+    ("train", "label_fraction"): (0, 1, False),
+    ("train", "distill", "temperature"): (0, None, False),
+    ("train", "distill", "label_weight"): (0, None, True),
+    ("train", "distill", "hard_weight"): (0, None, True),
+    ("train", "distill", "soft_weight"): (0, None, True),
+    ("train", "distill", "align_weight"): (0, None, True),
+    ("train", "student", "heads"): (1, None, True),
+    ("train", "student", "temporal_heads"): (1, None, True),
+    ("train", "student", "cross_layers"): (1, None, True),
+    ("train", "student", "temporal_layers"): (0, None, True),
+    ("train", "student", "dropout"): (0, 1, True),
+    ("train", "student", "logit_scale_init"): (0, None, False),
+}
+
+
+def _check_bounds(value: Any, path: tuple[str, ...], where: str) -> None:
+    bounds = BOUNDS.get(path)
+    if bounds is None or value is None:
+        return
+    low, high, low_allowed = bounds
+    if value != value:  # NaN
+        raise ConfigError(f"{where} is NaN")
+    if low is not None and (value < low or (value == low and not low_allowed)):
+        raise ConfigError(f"{where} is {value!r}, must be {'>=' if low_allowed else '>'} {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{where} is {value!r}, must be <= {high}")
+
 
 def _type_name(typ) -> str:
     if isinstance(typ, tuple):
@@ -99,6 +149,7 @@ def _check(value: Any, spec: Any, path: tuple[str, ...], source: str) -> None:
         raise ConfigError(f"{where} is {value!r}, expected {_type_name(spec)}")
     if not isinstance(value, spec):
         raise ConfigError(f"{where} is {value!r} ({type(value).__name__}), expected {_type_name(spec)}")
+    _check_bounds(value, path, where)
     allowed = CHOICES.get(path)
     if allowed and value not in allowed:
         raise ConfigError(f"{where} is {value!r}, expected one of {', '.join(allowed)}")

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from cater.io import safe_name, stable_hash
+from cater.io import npy_problem, safe_name, stable_hash
 
 
 class BadVideoError(RuntimeError):
@@ -31,6 +31,21 @@ def uniform_indices(total: int, n: int, first: int = 0, last: int | None = None)
     first = max(0, min(first, last))
     span = last - first + 1
     return [first + min(span - 1, int((i + 0.5) * span / n)) for i in range(n)]
+
+
+def window_of_at_least(total: int, n: int, first: int, last: int, where: str) -> tuple[int, int]:
+    """[first, last] widened about its centre (kept inside the clip) to hold `n` distinct frames, so no
+    frame is stored twice; a clip of fewer than `n` frames is a BadVideoError naming `where`."""
+    if total < n:
+        raise BadVideoError(f"{where}: {total} decodable frame(s), fewer than frames.num_frames ({n}); "
+                            "frames would repeat (lower frames.num_frames, or drop the clip with frames.skip_bad)")
+    last = min(last, total - 1)
+    missing = n - (last - first + 1)
+    if missing > 0:
+        first = max(0, first - (missing + 1) // 2)
+        last = min(total - 1, first + n - 1)
+        first = last - n + 1
+    return first, last
 
 
 def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
@@ -76,6 +91,7 @@ def decode_video(path: str | Path, num_frames: int, size: int, start: float | No
         last = total - 1 if end is None else int(end * fps)
         if first > total - 1:
             raise BadVideoError(f"{path}: window {start}-{end}s lies outside the clip (0-{total / fps:.2f}s)")
+        first, last = window_of_at_least(total, num_frames, first, last, str(path))
         indices = uniform_indices(total, num_frames, first, last)
         frames = reader.get_batch(indices).asnumpy()
     except BadVideoError:
@@ -107,6 +123,7 @@ def _decode_frame_folder(path: Path, num_frames: int, size: int, start, end, fps
     last = len(files) - 1 if end is None else int(end * fps)
     if first > len(files) - 1:
         raise BadVideoError(f"{path}: window {start}-{end}s lies outside the clip (0-{len(files) / fps:.2f}s)")
+    first, last = window_of_at_least(len(files), num_frames, first, last, str(path))
     indices = uniform_indices(len(files), num_frames, first, last)
     try:
         frames = np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in indices])
@@ -196,10 +213,21 @@ class FrameStore:
     def __contains__(self, video_id: str) -> bool:
         return video_id in self.index
 
-    def load(self, video_id: str) -> np.ndarray:
+    def load(self, video_id: str, mmap: bool = False) -> np.ndarray:
+        """uint8 [T, H, W, 3]; a damaged file is an error naming it (this folder is a stage output: it is
+        restored or rebuilt, never silently recomputed by a reader)."""
         if video_id not in self.index:
             raise KeyError(f"{self.directory}: no frames for video {video_id!r}")
-        return np.load(self.directory / self.index[video_id]["file"])
+        path = self.directory / self.index[video_id]["file"]
+        problem = npy_problem(path)
+        if problem is None:
+            frames = np.load(path, mmap_mode="r" if mmap else None)
+            expected = self.index[video_id].get("num_frames")
+            if frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8 and expected in (None, frames.shape[0]):
+                return frames
+            problem = f"holds {frames.dtype} {tuple(frames.shape)}, expected uint8 [{expected}, H, W, 3]"
+        raise ValueError(f"{path}: frames of video {video_id!r} are damaged ({problem}); restore the frames output "
+                         "with `dvc checkout data/frames`, or rebuild it with `dvc repro --force frames`")
 
     def times(self, video_id: str) -> list[float]:
         return self.index[video_id]["times"]

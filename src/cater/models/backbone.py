@@ -97,6 +97,20 @@ class FrozenBackbone(torch.nn.Module):
             tokens = tokens @ visual.proj
         return pooled, tokens
 
+    @property
+    def context_length(self) -> int:
+        return int(self.model.positional_embedding.shape[0])
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Each text's length in tokens, start and end of text included, before any truncation."""
+        encode = getattr(self.tokenizer, "encode", None)  # open_clip's SimpleTokenizer (CLIP BPE)
+        if encode is not None:
+            return [len(encode(text)) + 2 for text in texts]
+        hf = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
+        if hf is not None:
+            return [len(ids) for ids in hf(list(texts))["input_ids"]]
+        raise TypeError(f"cannot count tokens with {type(self.tokenizer).__name__}")
+
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pooled [S, D], tokens [S, L, D], lengths [S]); pooled equals model.encode_text."""

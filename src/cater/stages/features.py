@@ -17,7 +17,8 @@ from tqdm import tqdm
 from cater.data.frames import FrameStore, frame_stem
 from cater.data.schema import SPLITS, read_samples
 from cater.features import event_text_per_frame, qa_string
-from cater.io import atomic_path, atomic_write_json, checkpoint_fingerprint, read_jsonl, stable_hash
+from cater.io import (atomic_path, atomic_write_json, checkpoint_fingerprint, discard_corrupt, npy_problem, npz_problem,
+                      read_jsonl, stable_hash)
 from cater.models.backbone import BackboneSpec, FrozenBackbone
 
 SPLITS_DIR = Path("data/splits")
@@ -56,8 +57,56 @@ def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
                 "event": [sid(t) for t in event_text_per_frame(row["events"], num_frames)],
                 "frame": [sid(t) for t in row["frames"]],
             }
+        check_prompt_coverage(path, rows, samples)
         prompts[generator] = rows
     return list(strings), per_sample, prompts
+
+
+def check_prompt_coverage(path: Path, rows: dict, samples) -> None:
+    """Every video of the splits has a row in the prompts file `path`, or is listed in its failures file
+    (the prompts stage's own record of what it could not produce); anything else is a damaged or stale file."""
+    failures_path = path.with_name(path.name[: -len(".jsonl")] + ".failures.jsonl")
+    failed = {row["video_id"] for row in read_jsonl(failures_path)} if failures_path.exists() else set()
+    missing: dict[str, str] = {}
+    for sample in samples:
+        if sample.video_id not in rows and sample.video_id not in failed:
+            missing.setdefault(sample.video_id, sample.split)
+    if missing:
+        first = ", ".join(f"{video} ({split})" for video, split in list(missing.items())[:5])
+        raise ValueError(f"{path}: no prompts for {len(missing)} video(s) of the splits, and {failures_path.name} does not "
+                         f"list them (first: {first}); the file is stale or damaged: re-run the prompts stage")
+
+
+def check_text_lengths(backbone, strings: list[str], per_sample: dict, prompts: dict, truncate: bool) -> int:
+    """Texts longer than the text encoder's context would be cut silently by the tokenizer: an error naming
+    the first such sample (or video) and field, unless `features.truncate_text` accepts the cut (then counted)."""
+    limit = backbone.context_length
+    long_ids = {i for i, n in enumerate(backbone.token_lengths(strings)) if n > limit}
+    if not long_ids:
+        return 0
+    if truncate:
+        print(f"features: {len(long_ids)} text(s) exceed the text encoder's {limit} tokens and are truncated (features.truncate_text)")
+        return len(long_ids)
+
+    def first_use() -> str:
+        for sample_id, ids in per_sample.items():
+            for field in ("question", "qa", "answer"):
+                values = ids[field] if isinstance(ids[field], list) else [ids[field]]
+                for position, value in enumerate(values):
+                    if value in long_ids:
+                        name = {"question": "field 'question'", "qa": f"choice {position} as \"question answer: choice\"",
+                                "answer": f"field 'choices'[{position}]"}[field]
+                        return f"sample {sample_id!r}, {name}"
+        for generator, rows in prompts.items():
+            for video_id, row in rows.items():
+                for kind in ("event", "frame"):
+                    if any(value in long_ids for value in row[kind]):
+                        return f"data/prompts/{generator}.jsonl, video {video_id!r}, its {kind} prompts"
+        return "?"
+
+    longest = max(long_ids, key=lambda i: len(strings[i]))
+    raise ValueError(f"{len(long_ids)} text(s) exceed the text encoder's {limit} tokens and would be truncated silently; first: "
+                     f"{first_use()}; longest: {strings[longest][:120]!r}... Shorten them, or set features.truncate_text: true")
 
 
 def cache_key(spec: BackboneSpec, architecture: dict, frame_size: int, num_frames: int) -> str:
@@ -76,13 +125,14 @@ def run(params, args) -> None:
     spec = BackboneSpec(cfg["backbone"], cfg["pretrained"], cfg["seed"])
     device = "cuda" if cfg["device"] == "auto" and torch.cuda.is_available() else ("cpu" if cfg["device"] == "auto" else cfg["device"])
     backbone = FrozenBackbone(spec, device=device)
+    check_text_lengths(backbone, strings, per_sample, prompts, truncate=cfg.get("truncate_text", False))
     cache = CACHE / cache_key(spec, backbone.architecture(), params["frames"]["size"], num_frames)
     (cache / "video").mkdir(parents=True, exist_ok=True)
     (cache / "text").mkdir(parents=True, exist_ok=True)
 
     video_ids = sorted({s.video_id for s in samples})
     cached = {v: cache / "video" / f"{frame_stem(v)}-{frames.digest(v)}.npy" for v in video_ids}
-    todo = [v for v in video_ids if not cached[v].exists()]
+    todo = [v for v in video_ids if not discard_corrupt(cached[v], npy_problem)]
     per_batch = max(1, cfg["batch_size"] // num_frames)
     for start in tqdm(range(0, len(todo), per_batch), desc="features[video]", unit="batch"):
         batch = todo[start : start + per_batch]
@@ -97,7 +147,7 @@ def run(params, args) -> None:
     for start in tqdm(range(0, len(strings), chunk), desc="features[text]", unit="chunk"):
         part = strings[start : start + chunk]
         path = cache / "text" / f"{stable_hash(part)}.npz"
-        if not path.exists():
+        if not discard_corrupt(path, npz_problem):
             pooled, tokens, lengths = backbone.text_features(part)
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as handle:

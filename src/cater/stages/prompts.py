@@ -18,7 +18,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from cater.data.frames import FrameStore
@@ -43,10 +42,7 @@ def build_requests(samples, frames: FrameStore, mmap: bool = False) -> list[Prom
     """One request per video; `mmap` maps the frames instead of reading them (enough for shapes)."""
     requests = []
     for video_id, group in sorted(group_by_video(samples).items()):
-        if mmap:
-            pixels = np.load(frames.directory / frames.index[video_id]["file"], mmap_mode="r")
-        else:
-            pixels = frames.load(video_id)
+        pixels = frames.load(video_id, mmap=mmap)
         requests.append(
             PromptRequest(
                 video_id=video_id,

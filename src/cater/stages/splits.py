@@ -17,6 +17,22 @@ FRAMES_INDEX = Path("data/frames/index.json")
 OUT = Path("data/splits")
 
 
+def check_usable(chosen: dict[str, list], samples, dropped: int) -> None:
+    """Before any split is written: train and val need labelled samples (training and model selection) and
+    test needs samples (unlabelled ones, like TVQA's test_public, are allowed); otherwise a clear error, here
+    rather than at `train` after the prompts and teachers ran."""
+    for split in SPLITS:
+        labelled = sum(s.answer_idx is not None for s in chosen[split])
+        if chosen[split] and (split == "test" or labelled):
+            continue
+        total = sum(s.split == split for s in samples)
+        what = "samples" if not chosen[split] else "labelled samples"
+        why = (f"{SAMPLES} has {total} {split} sample(s)" + (f", {dropped} sample(s) of all splits were dropped for lack of frames"
+                                                            if dropped else "") +
+               ("; check dataset.splits" if total == 0 else ""))
+        raise ValueError(f"the {split} split has no {what} ({why}); train and val need labelled samples, test needs samples")
+
+
 def run(params, args) -> None:
     cfg = params["splits"]
     samples = read_samples(SAMPLES)
@@ -24,10 +40,12 @@ def run(params, args) -> None:
     kept = [s for s in samples if s.video_id in with_frames]
     dropped = len(samples) - len(kept)
     summary = {"dropped_without_frames": dropped}
+    pools = {split: [s for s in kept if s.split == split] for split in SPLITS}
+    chosen_by_split = {split: stratified_subset(pools[split], cfg.get(f"{split}_n"), cfg["seed"]) for split in SPLITS}
+    check_usable(chosen_by_split, samples, dropped)
     OUT.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        pool = [s for s in kept if s.split == split]
-        chosen = stratified_subset(pool, cfg.get(f"{split}_n"), cfg["seed"])
+        pool, chosen = pools[split], chosen_by_split[split]
         write_samples(OUT / f"{split}.jsonl", chosen)
         summary[split] = {"samples": len(chosen), "of": len(pool), "videos": len({s.video_id for s in chosen})}
         summary[split]["question_types"] = {t: sum(s.question_type == t for s in chosen) for t in sorted({s.question_type for s in chosen})}

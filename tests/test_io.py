@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,34 @@ def test_safe_name_refuses_non_strings():
 
     with pytest.raises(ValueError, match="teacher name 3: must be a string"):
         safe_name(3, "teacher name")
+
+
+def test_atomic_directory_survives_a_kill_between_move_aside_and_removal(tmp_path, monkeypatch):
+    """A kill after the old folder was moved aside leaves it under a unique `.*.tmp` name (ignored by
+    .dvcignore), and the next replacement of the same path still works."""
+    import fnmatch
+    import shutil
+
+    from cater.io import atomic_directory
+
+    target = tmp_path / "model"
+    with atomic_directory(target) as staging:
+        (staging / "v").write_text("1")
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if ".old" in Path(path).name:
+            raise KeyboardInterrupt  # the process dies here
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(target) as staging:
+            (staging / "v").write_text("2")
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "model"]
+    assert len(leftovers) == 1 and fnmatch.fnmatch(leftovers[0], ".*.tmp"), leftovers
+    assert (target / "v").read_text() == "2"
+    with atomic_directory(target) as staging:  # the leftover does not block the next replacement
+        (staging / "v").write_text("3")
+    assert (target / "v").read_text() == "3"

@@ -72,7 +72,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging
-        old = path.with_name(f".{path.name}.old-{staging.name.rsplit('.', 1)[-1]}") if path.exists() else None
+        # `.<name>.<random>.old.tmp`: unique per call, and matched by .dvcignore's `.*.tmp` if a kill leaves it
+        old = path.with_name(f"{staging.name[: -len('.tmp')]}.old.tmp") if path.exists() else None
         if old is not None:
             path.rename(old)
         staging.rename(path)

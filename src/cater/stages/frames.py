@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from cater.data.frames import BadVideoError, check_media_paths, decode_video, frame_stem, media_roots
 from cater.data.schema import read_samples
-from cater.io import atomic_path, atomic_write_json, file_digest, stable_hash
+from cater.io import atomic_path, atomic_write_json, discard_corrupt, file_digest, npy_problem, stable_hash
+from cater.processes import die_with_parent
 
 SAMPLES = Path("data/samples.jsonl")
 OUT = Path("data/frames")
@@ -65,11 +66,13 @@ def run(params, args) -> None:
     jobs = [
         (vid, path, cfg["num_frames"], cfg["size"], start, end, str(cache / f"{frame_stem(vid)}.npy"))
         for vid, (path, start, end) in sorted(videos.items())
-        if not (done.get(vid, {}).get("source") == sources[vid] and (cache / f"{frame_stem(vid)}.npy").exists())
+        if not (done.get(vid, {}).get("source") == sources[vid] and discard_corrupt(cache / f"{frame_stem(vid)}.npy", npy_problem))
     ]
     bad: dict[str, str] = {}
     if jobs:
-        with ProcessPoolExecutor(max_workers=max(1, cfg["workers"]), mp_context=get_context("spawn")) as pool:
+        # die_with_parent: a SIGKILLed stage leaves no orphaned workers
+        with ProcessPoolExecutor(max_workers=max(1, cfg["workers"]), mp_context=get_context("spawn"),
+                                 initializer=die_with_parent) as pool:
             results = pool.map(_decode_one, jobs, chunksize=max(1, len(jobs) // (8 * max(1, cfg["workers"]))))
             for i, (vid, times, error) in enumerate(tqdm(results, total=len(jobs), desc="frames", unit="video")):
                 if error:

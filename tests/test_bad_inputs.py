@@ -127,12 +127,16 @@ def test_texts_longer_than_the_text_encoder_are_an_error_naming_the_sample(capsy
     long_question = "Which of the shapes " + "that appeared on the screen " * 6 + "moved first?"
     strings = ["What moved?", "What moved? answer: a circle", long_question, f"{long_question} answer: a circle"]
     per_sample = {"ok-q": {"question": 0, "qa": [1], "answer": [1]}, "long-q": {"question": 2, "qa": [3], "answer": [1]}}
+    prompt = ["a circle moves", "a circle moves " * 12]
+    rows = {"gpt": {"v1": {"event": [0, 0], "frame": [0, 0]}, "v2": {"event": [0, 1], "frame": [0, 0]}}}
     assert backbone.token_lengths(strings[:2]) == [5, 9] and backbone.token_lengths(strings[2:3])[0] > backbone.context_length
     with pytest.raises(ValueError, match=r"2 text\(s\) exceed the text encoder's 32 tokens.*sample 'long-q', field 'question'.*truncate_text"):
-        check_text_lengths(backbone, strings, per_sample, {}, truncate=False)
-    assert check_text_lengths(backbone, strings, per_sample, {}, truncate=True) == 2
-    assert "2 text(s) exceed" in capsys.readouterr().out
-    assert check_text_lengths(backbone, strings[:2], {"ok-q": per_sample["ok-q"]}, {}, truncate=False) == 0
+        check_text_lengths(backbone, strings, prompt[:1], per_sample, rows, truncate=False)
+    with pytest.raises(ValueError, match=r"1 text\(s\) exceed.*data/prompts/gpt.jsonl, video 'v2', its event prompts"):
+        check_text_lengths(backbone, strings[:2], prompt, {"ok-q": per_sample["ok-q"]}, rows, truncate=False)
+    assert check_text_lengths(backbone, strings, prompt, per_sample, rows, truncate=True) == [5, 32]  # capped at the context
+    assert "3 text(s) exceed" in capsys.readouterr().out
+    assert check_text_lengths(backbone, strings[:2], prompt[:1], {"ok-q": per_sample["ok-q"]}, {}, truncate=False) == [5]
 
 
 def _sample(video_id: str, split: str, answer_idx: int | None = 0) -> Sample:
@@ -154,7 +158,7 @@ def test_a_prompts_file_missing_videos_of_the_splits_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"gpt\.jsonl: no prompts for 1 video\(s\) of the splits.*first: v3 \(test\).*re-run the prompts stage"):
         collect_strings(samples, {"gpt": prompts}, 4)
     write_jsonl(tmp_path / "gpt.failures.jsonl", [{"video_id": "v3", "error": "refused"}])  # recorded by the stage: allowed
-    _, _, rows = collect_strings(samples, {"gpt": prompts}, 4)
+    _, _, _, rows = collect_strings(samples, {"gpt": prompts}, 4)
     assert sorted(rows["gpt"]) == ["v1", "v2"]
 
 
@@ -180,7 +184,7 @@ def features_workspace(tmp_path, monkeypatch):
 
 
 def _feature_files(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((root / "data/features").iterdir())}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "data/features").rglob("*")) if p.is_file()}
 
 
 def test_truncated_feature_cache_files_are_discarded_and_recomputed(features_workspace, capsys):
@@ -190,7 +194,7 @@ def test_truncated_feature_cache_files_are_discarded_and_recomputed(features_wor
     stage.run(params, None)
     first = _feature_files(root)
     cached_video = sorted((root / "data/.cache/features").glob("*/video/*.npy"))
-    cached_text = sorted((root / "data/.cache/features").glob("*/text/*.npz"))
+    cached_text = sorted((root / "data/.cache/features").glob("*/pooled/*.npz"))
     assert len(cached_video) == 3 and cached_text
     for path in (cached_video[0], cached_text[0]):  # a kill -9 mid-write on a file system without atomic rename
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -208,10 +212,11 @@ def test_a_damaged_feature_file_is_named(features_workspace):
 
     root, params = features_workspace
     stage.run(params, None)
-    target = root / "data/features/video.safetensors"
-    target.write_bytes(target.read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"data/features/video\.safetensors: damaged feature file.*dvc checkout data/features"):
-        CachedFeatures(root / "data/features")
+    target = root / "data/features/video/000000.safetensors"
+    target.write_bytes(target.read_bytes()[:200])
+    features = CachedFeatures(root / "data/features")  # lazy: the shard is opened by the first read
+    with pytest.raises(ValueError, match=r"data/features/video/000000\.safetensors: damaged feature shard.*dvc checkout data/features"):
+        features.video([0])
 
 
 # --- frames output and cache ---------------------------------------------------------------------------

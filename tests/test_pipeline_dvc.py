@@ -233,7 +233,7 @@ def reseeded(second) -> dict[str, tuple[str, str]]:
     dvc(root, "repro", "prompts@annotations", "features")  # the old videos' work is in the caches
     set_params(root / "params.yaml", {"dataset.seed": read_params(root)["dataset"]["seed"] + 1})
     dvc(root, "repro", "prompts@annotations", "features")
-    watched = ["data/prompts/annotations.jsonl", "data/features/video.safetensors"]
+    watched = ["data/prompts/annotations.jsonl", "data/features/video/000000.safetensors"]
     after_repro = {path: file_md5(root, path) for path in watched}
     shutil.move(root / "data/.cache", root.parent / "old-cache")
     dvc(root, "repro", "--force", "--single-item", "prompts@annotations")
@@ -253,5 +253,5 @@ def test_prompts_after_a_dataset_change_equal_a_run_without_cache(reseeded):
 
 
 def test_features_after_a_dataset_change_equal_a_run_without_cache(reseeded):
-    repro, scratch = reseeded["data/features/video.safetensors"]
+    repro, scratch = reseeded["data/features/video/000000.safetensors"]
     assert repro == scratch

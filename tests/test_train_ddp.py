@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from cater.data.schema import Sample, read_samples, write_samples
-from cater.features import CachedFeatures
+from cater.features import CachedFeatures, FeatureStoreWriter
 from cater.io import write_jsonl
 from cater.teachers.base import TeacherOutput
 from cater.teachers.runner import output_row
@@ -36,20 +35,27 @@ VIDEOS = {"train": 12, "val": 4, "test": 4}
 
 
 def build_cache(root: Path, seed: int = 0) -> dict[str, list[Sample]]:
-    """Write features/{video,text}.safetensors + index.json (the features stage's format), splits and teacher rows.
+    """Write a feature store (cater.features, the features stage's format), splits and teacher rows.
 
     Each video has a random "concept" c; its frames lie near c and its correct answer's text near R c for a fixed
     rotation R, so the frozen features alone are at chance and the student has to learn the mapping.
     """
     rng = np.random.default_rng(seed)
     rotation = np.linalg.qr(rng.normal(size=(D, D)))[0]
-    strings: list[str] = []
+    strings: list[str] = []  # sample strings: pooled vectors
     vectors: list[np.ndarray] = []
+    prompt_strings: list[str] = []  # prompt strings: token vectors
+    prompt_vectors: list[np.ndarray] = []
 
     def sid(text: str, vector: np.ndarray) -> int:
         strings.append(text)
         vectors.append(vector)
         return len(strings) - 1
+
+    def pid(text: str, vector: np.ndarray) -> int:
+        prompt_strings.append(text)
+        prompt_vectors.append(vector)
+        return len(prompt_strings) - 1
 
     video_ids, cls, patches, per_sample, prompts = [], [], [], {}, {}
     splits: dict[str, list[Sample]] = {}
@@ -62,7 +68,7 @@ def build_cache(root: Path, seed: int = 0) -> dict[str, list[Sample]]:
             video_ids.append(vid)
             cls.append(concept + 0.5 * rng.normal(size=(T, D)))
             patches.append(concept + rng.normal(size=(T, P, D)))
-            prompts[vid] = {kind: [sid(f"{vid} {kind} prompt {f}", concept + rng.normal(size=D)) for f in range(T)]
+            prompts[vid] = {kind: [pid(f"{vid} {kind} prompt {f}", concept + rng.normal(size=D)) for f in range(T)]
                             for kind in ("event", "frame")}
             for q in range(2):
                 n_choices = 3 + (v + q) % 3  # 3..5 choices: padding varies per sample
@@ -84,18 +90,15 @@ def build_cache(root: Path, seed: int = 0) -> dict[str, list[Sample]]:
                     teacher_rows.append(output_row(TeacherOutput(id=sample.id, choice_logits=logits.tolist(),
                                                                  hard_idx=int(logits.argmax()),
                                                                  hidden=rng.normal(size=HIDDEN).astype(np.float32))))
-    features = root / "features"
-    features.mkdir(parents=True)
-    f16 = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).half().contiguous()  # noqa: E731
-    save_file({"cls": f16(cls), "patches": f16(patches)}, str(features / "video.safetensors"))
-    lengths = rng.integers(2, L + 1, size=len(strings))
-    tokens = rng.normal(size=(len(strings), L, D))
-    tokens[np.arange(len(strings)), lengths - 1] = np.stack(vectors)  # the pooled vector is the end-of-text token
-    save_file({"pooled": f16(vectors), "tokens": f16(tokens), "lengths": torch.from_numpy(lengths.astype(np.int64))},
-              str(features / "text.safetensors"))
-    index = {"backbone": {"name": "cater-tiny", "pretrained": None, "seed": 0}, "num_frames": T, "video_ids": video_ids,
-             "strings": strings, "samples": per_sample, "prompts": {GENERATOR: prompts}}
-    (features / "index.json").write_text(json.dumps(index))
+    store = FeatureStoreWriter(root / "features")
+    store.add_video(np.concatenate([np.asarray(cls)[:, :, None], np.asarray(patches)], axis=2))  # CLS first
+    store.add_pooled(np.stack(vectors))
+    lengths = rng.integers(2, L + 1, size=len(prompt_strings))
+    tokens = rng.normal(size=(len(prompt_strings), L, D))
+    tokens[np.arange(len(prompt_strings)), lengths - 1] = np.stack(prompt_vectors)  # the end-of-text token
+    store.add_prompt_tokens(tokens, lengths, L)
+    store.close(backbone={"name": "cater-tiny", "pretrained": None, "seed": 0}, num_frames=T, embed_dim=D, token_length=L,
+                video_ids=video_ids, samples=per_sample, prompts={GENERATOR: prompts})
     for split, samples in splits.items():
         write_samples(root / f"{split}.jsonl", samples)
     write_jsonl(root / "teacher.jsonl", teacher_rows)
@@ -164,7 +167,7 @@ def test_split_tensors_from_the_cache(cache):
     assert batch["choices"].shape == (3, 5, D)
     # the padding mask follows the stored lengths
     ids = train_split.prompt_ids[5, 0]
-    assert int((~batch["prompt_pad"][1, 0]).sum()) == int(features.text_lengths[ids])
+    assert int((~batch["prompt_pad"][1, 0]).sum()) == int(features.prompt_lengths[ids])
 
 
 def test_prompt_variants_pick_their_strings(cache):

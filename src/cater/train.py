@@ -20,7 +20,7 @@ import torch.nn as nn
 from cater.data.schema import Sample
 from cater.distill import DistillationLoss, DistillConfig
 from cater.features import CachedFeatures
-from cater.io import decode_array, read_jsonl
+from cater.io import decode_array
 from cater.models.student import CaTeRStudent, StudentConfig
 
 PROMPT_VARIANTS = ("none", "random", "frame", "event")
@@ -113,10 +113,24 @@ class TeacherOutputs(dict):
         self.path = path
 
 
-def load_teacher_outputs(path: Path) -> TeacherOutputs:
+def load_teacher_outputs(path: Path, keep_hidden: bool = True) -> TeacherOutputs:
+    """The rows by sample id. Without `keep_hidden` each row's hidden state (a 4096-wide vector for a 7B
+    teacher) is dropped as the file is read, so memory holds only the letter logits."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: teacher outputs missing (run or pull the teacher stage)")
-    return TeacherOutputs({row["key"]: row for row in read_jsonl(path)}, path)
+    rows = {}
+    with Path(path).open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            if not keep_hidden:
+                row.pop("hidden", None)
+            rows[row["key"]] = row
+    return TeacherOutputs(rows, path)
 
 
 class SplitTensors:
@@ -193,20 +207,17 @@ class SplitTensors:
 
 
 class FeatureBatcher:
-    """Turns a batch of row indices into the student's inputs, from the cache or the live backbone."""
+    """Turns a batch of row indices into the student's inputs, read from the feature store (only the rows the
+    batch needs) or, for the visual part, from the live backbone."""
 
     def __init__(self, features: CachedFeatures, backbone=None, frame_store=None):
         self.features = features
-        self.tokens = features.text_tokens.float()
-        lengths = features.text_lengths
-        self.pad = torch.arange(self.tokens.shape[1])[None] >= lengths[:, None]
-        self.pooled = features.text_pooled.float()
+        self.positions = torch.arange(features.token_length)
         self.backbone, self.frame_store = backbone, frame_store
 
     def visual(self, split: SplitTensors, rows: torch.Tensor):
         if self.backbone is None:
-            vrow = split.video_row[rows]
-            return self.features.cls[vrow].float(), self.features.patches[vrow].float()
+            return self.features.video(split.video_row[rows])
         frames = np.concatenate([self.frame_store.load(split.video_ids[int(r)]) for r in rows])
         cls, patches = self.backbone.frame_features(frames)
         b, t = len(rows), self.features.num_frames
@@ -217,15 +228,21 @@ class FeatureBatcher:
         prompt_ids = split.prompt_ids[rows]
         has_prompt = prompt_ids >= 0
         safe = prompt_ids.clamp(min=0)
+        if len(self.features.prompt_lengths):
+            prompt_tokens = self.features.prompt_tokens(safe)
+            prompt_pad = self.positions >= self.features.prompt_lengths[safe][..., None]
+        else:  # a store without prompt strings (no generator): every frame goes without a prompt
+            prompt_tokens = torch.zeros(*safe.shape, len(self.positions), self.features.embed_dim)
+            prompt_pad = torch.ones(*safe.shape, len(self.positions), dtype=torch.bool)
         batch = {
             "cls": cls,
             "patches": patches,
-            "prompt_tokens": self.tokens[safe],
-            "prompt_pad": self.pad[safe],
+            "prompt_tokens": prompt_tokens,
+            "prompt_pad": prompt_pad,
             "has_prompt": has_prompt,
-            "choices": self.pooled[split.choice_ids[rows]],
+            "choices": self.features.pooled(split.choice_ids[rows]),
             "choice_mask": split.choice_mask[rows],
-            "question": self.pooled[split.question_ids[rows]],
+            "question": self.features.pooled(split.question_ids[rows]),
             "labels": split.labels[rows],
             "teacher_logits": split.teacher_logits[rows],
             "teacher_valid": split.teacher_valid[rows],

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from cater.data.frames import FrameStore, frame_stem
 from cater.data.schema import SPLITS, read_samples
-from cater.features import event_text_per_frame, qa_string
+from cater.features import FeatureStoreWriter, event_text_per_frame, qa_string
 from cater.io import (atomic_path, atomic_write_json, checkpoint_fingerprint, discard_corrupt, npy_problem, npz_problem,
                       read_jsonl, stable_hash)
 from cater.models.backbone import BackboneSpec, FrozenBackbone
@@ -35,10 +34,16 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
-    strings: dict[str, int] = {}
+    """Deduplicated texts: the sample strings (pooled vectors) and the prompt strings (token vectors), the
+    per-sample ids into the first list and the per-generator, per-video prompt ids into the second."""
+    pooled: dict[str, int] = {}
+    prompt: dict[str, int] = {}
 
     def sid(text: str) -> int:
-        return strings.setdefault(text, len(strings))
+        return pooled.setdefault(text, len(pooled))
+
+    def pid(text: str) -> int:
+        return prompt.setdefault(text, len(prompt))
 
     per_sample = {}
     for s in samples:
@@ -54,12 +59,12 @@ def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
             if len(row["frames"]) != num_frames:
                 raise ValueError(f"{path}: video {row['video_id']} has {len(row['frames'])} frame prompts, frames stage made {num_frames}")
             rows[row["video_id"]] = {
-                "event": [sid(t) for t in event_text_per_frame(row["events"], num_frames)],
-                "frame": [sid(t) for t in row["frames"]],
+                "event": [pid(t) for t in event_text_per_frame(row["events"], num_frames)],
+                "frame": [pid(t) for t in row["frames"]],
             }
         check_prompt_coverage(path, rows, samples)
         prompts[generator] = rows
-    return list(strings), per_sample, prompts
+    return list(pooled), list(prompt), per_sample, prompts
 
 
 def check_prompt_coverage(path: Path, rows: dict, samples) -> None:
@@ -77,36 +82,43 @@ def check_prompt_coverage(path: Path, rows: dict, samples) -> None:
                          f"list them (first: {first}); the file is stale or damaged: re-run the prompts stage")
 
 
-def check_text_lengths(backbone, strings: list[str], per_sample: dict, prompts: dict, truncate: bool) -> int:
+def check_text_lengths(backbone, pooled: list[str], prompt: list[str], per_sample: dict, prompts: dict,
+                       truncate: bool) -> list[int]:
     """Texts longer than the text encoder's context would be cut silently by the tokenizer: an error naming
-    the first such sample (or video) and field, unless `features.truncate_text` accepts the cut (then counted)."""
+    the first such sample (or video) and field, unless `features.truncate_text` accepts the cut (then counted).
+    Returns the prompt strings' token counts (capped at the context)."""
     limit = backbone.context_length
-    long_ids = {i for i, n in enumerate(backbone.token_lengths(strings)) if n > limit}
-    if not long_ids:
-        return 0
+    long_pooled = {i for i, n in enumerate(backbone.token_lengths(pooled)) if n > limit}
+    prompt_lengths = backbone.token_lengths(prompt)
+    long_prompt = {i for i, n in enumerate(prompt_lengths) if n > limit}
+    capped = [min(n, limit) for n in prompt_lengths]
+    count = len(long_pooled) + len(long_prompt)
+    if not count:
+        return capped
     if truncate:
-        print(f"features: {len(long_ids)} text(s) exceed the text encoder's {limit} tokens and are truncated (features.truncate_text)")
-        return len(long_ids)
+        print(f"features: {count} text(s) exceed the text encoder's {limit} tokens and are truncated (features.truncate_text)")
+        return capped
 
     def first_use() -> str:
         for sample_id, ids in per_sample.items():
-            for field in ("question", "qa", "answer"):
-                values = ids[field] if isinstance(ids[field], list) else [ids[field]]
+            for name in ("question", "qa", "answer"):
+                values = ids[name] if isinstance(ids[name], list) else [ids[name]]
                 for position, value in enumerate(values):
-                    if value in long_ids:
-                        name = {"question": "field 'question'", "qa": f"choice {position} as \"question answer: choice\"",
-                                "answer": f"field 'choices'[{position}]"}[field]
-                        return f"sample {sample_id!r}, {name}"
+                    if value in long_pooled:
+                        where = {"question": "field 'question'", "qa": f"choice {position} as \"question answer: choice\"",
+                                 "answer": f"field 'choices'[{position}]"}[name]
+                        return f"sample {sample_id!r}, {where}"
         for generator, rows in prompts.items():
             for video_id, row in rows.items():
                 for kind in ("event", "frame"):
-                    if any(value in long_ids for value in row[kind]):
+                    if any(value in long_prompt for value in row[kind]):
                         return f"data/prompts/{generator}.jsonl, video {video_id!r}, its {kind} prompts"
         return "?"
 
-    longest = max(long_ids, key=lambda i: len(strings[i]))
-    raise ValueError(f"{len(long_ids)} text(s) exceed the text encoder's {limit} tokens and would be truncated silently; first: "
-                     f"{first_use()}; longest: {strings[longest][:120]!r}... Shorten them, or set features.truncate_text: true")
+    texts = [pooled[i] for i in long_pooled] + [prompt[i] for i in long_prompt]
+    longest = max(texts, key=len)
+    raise ValueError(f"{count} text(s) exceed the text encoder's {limit} tokens and would be truncated silently; first: "
+                     f"{first_use()}; longest: {longest[:120]!r}... Shorten them, or set features.truncate_text: true")
 
 
 def cache_key(spec: BackboneSpec, architecture: dict, frame_size: int, num_frames: int) -> str:
@@ -121,15 +133,17 @@ def run(params, args) -> None:
     frames = FrameStore(FRAMES)
     num_frames = params["frames"]["num_frames"]
     prompt_files = {p.name[: -len(".jsonl")]: p for p in sorted(PROMPTS.glob("*.jsonl")) if not p.name.endswith(".failures.jsonl")}
-    strings, per_sample, prompts = collect_strings(samples, prompt_files, num_frames)
+    pooled_strings, prompt_strings, per_sample, prompts = collect_strings(samples, prompt_files, num_frames)
     spec = BackboneSpec(cfg["backbone"], cfg["pretrained"], cfg["seed"])
     device = "cuda" if cfg["device"] == "auto" and torch.cuda.is_available() else ("cpu" if cfg["device"] == "auto" else cfg["device"])
     backbone = FrozenBackbone(spec, device=device)
-    check_text_lengths(backbone, strings, per_sample, prompts, truncate=cfg.get("truncate_text", False))
+    prompt_lengths = check_text_lengths(backbone, pooled_strings, prompt_strings, per_sample, prompts,
+                                        truncate=cfg.get("truncate_text", False))
     cache = CACHE / cache_key(spec, backbone.architecture(), params["frames"]["size"], num_frames)
-    (cache / "video").mkdir(parents=True, exist_ok=True)
-    (cache / "text").mkdir(parents=True, exist_ok=True)
+    for part in ("video", "pooled", "prompt"):
+        (cache / part).mkdir(parents=True, exist_ok=True)
 
+    # 1. every video's tokens, one cached .npy per video (resumable)
     video_ids = sorted({s.video_id for s in samples})
     cached = {v: cache / "video" / f"{frame_stem(v)}-{frames.digest(v)}.npy" for v in video_ids}
     todo = [v for v in video_ids if not discard_corrupt(cached[v], npy_problem)]
@@ -142,50 +156,55 @@ def run(params, args) -> None:
         for i, vid in enumerate(batch):
             _save_npy(cached[vid], tokens[i * num_frames : (i + 1) * num_frames])
 
+    # 2. text in chunks, one cached .npz per chunk (resumable): pooled vectors, and prompt token vectors
     chunk = cfg["text_chunk"]
-    chunks = []
-    for start in tqdm(range(0, len(strings), chunk), desc="features[text]", unit="chunk"):
-        part = strings[start : start + chunk]
-        path = cache / "text" / f"{stable_hash(part)}.npz"
-        if not discard_corrupt(path, npz_problem):
-            pooled, tokens, lengths = backbone.text_features(part)
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.savez(handle, pooled=pooled.half().cpu().numpy(), tokens=tokens.half().cpu().numpy(), lengths=lengths.cpu().numpy())
-        chunks.append(path)
-    _assemble(cached, video_ids, chunks, strings, per_sample, prompts, spec, num_frames)
+    pooled_chunks = [_text_chunk(backbone, cache / "pooled", pooled_strings[i : i + chunk], tokens=False)
+                     for i in tqdm(range(0, len(pooled_strings), chunk), desc="features[text]", unit="chunk")]
+    prompt_chunks = [_text_chunk(backbone, cache / "prompt", prompt_strings[i : i + chunk], tokens=True)
+                     for i in tqdm(range(0, len(prompt_strings), chunk), desc="features[prompts]", unit="chunk")]
+    token_length = max(prompt_lengths, default=1)
+    _assemble(cached, video_ids, pooled_chunks, prompt_chunks, token_length, backbone.embed_dim,
+              {"pooled": pooled_strings, "prompts": prompt_strings}, per_sample, prompts, spec, num_frames)
 
 
-def _assemble(cached, video_ids, chunks, strings, per_sample, prompts, spec, num_frames) -> None:
-    video = np.stack([np.load(cached[v]) for v in video_ids])  # [V, T, 1+P, D]
-    loaded = [np.load(p) for p in chunks]
-    max_len = int(max(c["lengths"].max() for c in loaded))
-    tmp = OUT.with_name(OUT.name + ".tmp")
+def _text_chunk(backbone, folder: Path, part: list[str], tokens: bool) -> Path:
+    path = folder / f"{stable_hash(part)}.npz"
+    if not discard_corrupt(path, npz_problem):
+        pooled, token_vectors, lengths = backbone.text_features(part)
+        arrays = {"pooled": pooled.half().cpu().numpy()}
+        if tokens:  # only as long as this chunk's longest string
+            width = int(lengths.max())
+            arrays = {"tokens": token_vectors[:, :width].half().cpu().numpy(), "lengths": lengths.cpu().numpy()}
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+    return path
+
+
+def _assemble(cached, video_ids, pooled_chunks, prompt_chunks, token_length, embed_dim, strings, per_sample, prompts,
+              spec, num_frames) -> None:
+    """The sharded store (cater.features), written into a temporary folder shard by shard, then renamed."""
     import shutil
 
+    tmp = OUT.with_name(OUT.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({"cls": torch.from_numpy(video[:, :, 0]).contiguous(), "patches": torch.from_numpy(video[:, :, 1:]).contiguous()}, str(tmp / "video.safetensors"))
-    save_file(
-        {
-            "pooled": torch.from_numpy(np.concatenate([c["pooled"] for c in loaded])),
-            "tokens": torch.from_numpy(np.concatenate([c["tokens"][:, :max_len] for c in loaded])).contiguous(),
-            "lengths": torch.from_numpy(np.concatenate([c["lengths"] for c in loaded]).astype(np.int64)),
-        },
-        str(tmp / "text.safetensors"),
-    )
-    index = {
-        "backbone": spec.__dict__,
-        "num_frames": num_frames,
-        "video_ids": video_ids,
-        "strings": strings,
-        "samples": per_sample,
-        "prompts": prompts,
-    }
-    atomic_write_json(tmp / "index.json", index)
+    store = FeatureStoreWriter(tmp)
+    for vid in video_ids:
+        store.add_video(np.load(cached[vid])[None])
+    for path in pooled_chunks:
+        with np.load(path) as part:
+            store.add_pooled(part["pooled"])
+    for path in prompt_chunks:
+        with np.load(path) as part:
+            store.add_prompt_tokens(part["tokens"], part["lengths"], token_length)
+    store.close(backbone=spec.__dict__, num_frames=num_frames, embed_dim=embed_dim, token_length=token_length,
+                video_ids=video_ids, samples=per_sample, prompts=prompts)
+    atomic_write_json(tmp / "strings.json", strings)
     shutil.rmtree(OUT, ignore_errors=True)
     tmp.rename(OUT)
-    print(f"features: {len(video_ids)} videos, {len(strings)} strings, backbone {spec.name} -> {OUT}")
+    print(f"features: {len(video_ids)} videos, {len(strings['pooled'])} sample strings, {len(strings['prompts'])} prompt "
+          f"strings (up to {token_length} tokens), backbone {spec.name} -> {OUT}")
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ def prepare(params) -> tuple[TrainConfig, CachedFeatures, dict, FeatureBatcher]:
     features = CachedFeatures(FEATURES)
     teacher = None
     if cfg.distill.mode != "none":
-        teacher = load_teacher_outputs(TEACHER_DIR / cfg.teacher / "outputs.jsonl")
+        teacher = load_teacher_outputs(TEACHER_DIR / cfg.teacher / "outputs.jsonl", keep_hidden=cfg.distill.align_weight > 0)
     splits = {name: read_samples(SPLITS_DIR / f"{name}.jsonl") for name in ("train", "val", "test")}
     random_map = None
     if cfg.prompt_variant == "random":

@@ -1,0 +1,74 @@
+"""The sharded feature store (cater.features): what is written is what is read, in any order, lazily."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cater.features import CachedFeatures, FeatureStoreWriter, ShardReader, ShardWriter
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 5), np.float16), ((), np.int64), ((2,), np.float32)])
+def test_shards_read_back_exactly_what_was_written(tmp_path, shape, dtype):
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(23, *shape)) * 100).astype(dtype)
+    writer = ShardWriter(tmp_path, "t", rows_per_shard=5)
+    for chunk in np.split(data, [2, 9, 10, 22]):  # appends that straddle shard boundaries
+        writer.append(chunk)
+    meta = writer.close()
+    assert meta["rows"] == 23 and meta["shards"] == [5, 5, 5, 5, 3]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [f"00000{i}.safetensors" for i in range(5)]
+    reader = ShardReader(tmp_path, "t", meta)
+    np.testing.assert_array_equal(reader.get(np.arange(23)), data)
+    index = rng.integers(0, 23, size=(4, 7))  # any shape, any order, repeats, across shards
+    np.testing.assert_array_equal(reader.get(index), data[index])
+    np.testing.assert_array_equal(reader.get(np.array([22, 4, 5, 4])), data[[22, 4, 5, 4]])
+    with pytest.raises(IndexError):
+        reader.get([23])
+
+
+def test_a_shard_of_the_wrong_shape_is_named(tmp_path):
+    writer = ShardWriter(tmp_path, "t", rows_per_shard=4)
+    writer.append(np.zeros((6, 3), np.float16))
+    meta = writer.close()
+    meta_wrong = {**meta, "shape": [4]}
+    with pytest.raises(ValueError, match=r"t/000000\.safetensors: damaged feature shard"):
+        ShardReader(tmp_path, "t", meta_wrong).get([0])
+    with pytest.raises(ValueError, match="rows of shape"):
+        writer.append(np.zeros((1, 4), np.float16))
+
+
+def test_the_store_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    T, P, D, L = 3, 4, 8, 6
+    video = rng.normal(size=(70, T, 1 + P, D)).astype(np.float16)  # 2 shards of 64
+    pooled = rng.normal(size=(11, D)).astype(np.float16)
+    lengths = rng.integers(1, L + 1, size=9)
+    tokens = rng.normal(size=(9, L - 1, D)).astype(np.float16)  # narrower than token_length: padded
+    store = FeatureStoreWriter(tmp_path)
+    store.add_video(video[:30])
+    store.add_video(video[30:])
+    store.add_pooled(pooled)
+    store.add_prompt_tokens(tokens, np.minimum(lengths, L - 1), L)
+    store.close(backbone={"name": "x"}, num_frames=T, embed_dim=D, token_length=L, video_ids=[f"v{i}" for i in range(70)],
+                samples={}, prompts={"g": {}})
+    features = CachedFeatures(tmp_path)
+    assert (features.num_frames, features.embed_dim, features.token_length) == (T, D, L)
+    rows = torch.tensor([69, 0, 64, 63])
+    cls, patches = features.video(rows)
+    np.testing.assert_array_equal(cls.numpy(), video[rows.numpy(), :, 0].astype(np.float32))
+    np.testing.assert_array_equal(patches.numpy(), video[rows.numpy(), :, 1:].astype(np.float32))
+    ids = torch.tensor([[3, 3], [10, 0]])
+    np.testing.assert_array_equal(features.pooled(ids).numpy(), pooled[ids.numpy()].astype(np.float32))
+    got = features.prompt_tokens(torch.arange(9)).numpy()
+    kept = np.minimum(lengths, L - 1)
+    for i in range(9):
+        np.testing.assert_array_equal(got[i, : kept[i]], tokens[i, : kept[i]].astype(np.float32))
+        assert not got[i, kept[i]:].any()  # zero past the length
+    assert features.prompt_lengths.tolist() == kept.tolist()
+
+
+def test_an_old_format_store_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "index.json").write_text('{"video_ids": []}')
+    with pytest.raises(ValueError, match=r"format None, this code reads format 2.*dvc repro --force features"):
+        CachedFeatures(tmp_path)

@@ -294,7 +294,7 @@ def build_student(cfg: TrainConfig, features: CachedFeatures) -> CaTeRStudent:
 
 
 @torch.no_grad()
-def predict(student: CaTeRStudent, batcher: FeatureBatcher, split: SplitTensors, batch_size: int = 256) -> torch.Tensor:
+def predict(student: CaTeRStudent, batcher: FeatureBatcher, split: SplitTensors, batch_size: int = 32) -> torch.Tensor:
     student.eval()
     out = []
     for start in range(0, len(split), batch_size):
@@ -349,7 +349,7 @@ def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, 
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
         unwrapped = accelerator.unwrap_model(module).student
-        val_logits = predict(unwrapped, batcher, val_split)
+        val_logits = predict(unwrapped, batcher, val_split, batch_size=cfg.batch_size)  # memory bounded by the train batch
         metrics = {f"loss/{k}": v / max(steps, 1) for k, v in sorted(totals.items())}
         metrics["val/accuracy"] = accuracy(val_logits, val_split.labels)
         metrics["lr"] = lr

@@ -42,7 +42,7 @@ def run(params, args) -> None:
         split = tensors[name]
         if split.ids != [s.id for s in samples[name]]:
             raise RuntimeError(f"eval: {SPLITS_DIR / name}.jsonl and the {name} tensors list different questions")
-        logits = predict(student, batcher, split)
+        logits = predict(student, batcher, split, batch_size=cfg.batch_size)
         metrics[name] = split_metrics(
             logits.argmax(1).numpy(), split.labels.numpy(), [s.choices for s in samples[name]],
             split.question_types, split.video_ids,

@@ -367,3 +367,25 @@ def test_frame_store_refuses_index_entries_outside_its_folder(tmp_path):
     (store / "index.json").write_text(json.dumps({"v": {"file": "../outside.npy", "times": [0.0], "num_frames": 1}}))
     with pytest.raises(ValueError, match=r"index.json: video 'v': field 'file' '\.\./outside\.npy'"):
         FrameStore(store)
+
+
+def test_decoding_before_torch_is_imported_leaves_cpu_blas_working(shapes_set, tmp_path):
+    """With decord imported before torch, libtorch_cpu binds its BLAS calls to the libnvblas that decord's
+    import loads, and the next CPU attention segfaulted. decode_video imports torch first."""
+    import subprocess
+    import sys
+
+    bad = cut(next(iter(shapes_set.videos().values())), tmp_path / "cut.mp4", 0.5)
+    script = (
+        "import sys\n"
+        "from cater.data.frames import BadVideoError, decode_video\n"
+        "assert 'torch' not in sys.modules and 'decord' not in sys.modules\n"
+        f"try:\n    decode_video({str(bad)!r}, 8, 32)\nexcept BadVideoError:\n    pass\n"
+        "import torch\n"
+        "attention = torch.nn.MultiheadAttention(64, 2, batch_first=True).eval()\n"
+        "with torch.no_grad():\n    attention(*[torch.randn(12, 17, 64)] * 3)\n"
+        "print('matmul', tuple((torch.randn(64, 64) @ torch.randn(64, 64)).shape))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]  # -11 (SIGSEGV) before the fix
+    assert "matmul (64, 64)" in result.stdout

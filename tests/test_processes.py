@@ -34,6 +34,14 @@ def alive(proc) -> bool:
         return False
 
 
+def command(proc) -> str:
+    """The command line of `proc`, or "" once it has exited (a zombie has none)."""
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
+
+
 def kill_and_watch(proc: subprocess.Popen, descendants: list) -> list[str]:
     """SIGKILL `proc`; return the descendants still alive GONE_WITHIN seconds later (then kill those)."""
     proc.send_signal(signal.SIGKILL)
@@ -42,7 +50,7 @@ def kill_and_watch(proc: subprocess.Popen, descendants: list) -> list[str]:
     while any(alive(p) for p in descendants) and time.monotonic() < deadline:
         time.sleep(0.05)
     survivors = [p for p in descendants if alive(p)]
-    described = [f"{p.pid}: {' '.join(p.cmdline())[-100:]}" for p in survivors]
+    described = [f"{p.pid}: {command(p)[-100:]}" for p in survivors]
     for p in survivors:  # never leave orphans behind, whatever the outcome
         p.kill()
     return described
@@ -80,16 +88,16 @@ def test_sigkill_of_the_frames_stage_leaves_no_orphans(shapes_set, tmp_path):
         descendants: list = []
         while time.monotonic() < deadline and proc.poll() is None:  # until both workers are decoding
             descendants = stage.children(recursive=True)
-            workers = [p for p in descendants if "--multiprocessing-fork" in p.cmdline()]
-            if len(workers) == 2 and any(cache.glob("*/*.npy")):
+            workers = [p for p in descendants if "--multiprocessing-fork" in command(p)]
+            if len(workers) == 2 and any(cache.glob("*/*.np[yz]")):
                 break
             time.sleep(0.02)
         else:
             rc = proc.poll()
             kill_and_watch(proc, stage.children(recursive=True) if rc is None else [])
             pytest.fail(f"the stage ended (rc {rc}) or never started decoding:\n{proc.stdout.read().decode()[-3000:]}")
-        assert any("resource_tracker" in " ".join(p.cmdline()) for p in descendants), descendants
-        assert len(list(cache.glob("*/*.npy"))) < n  # killed midway
+        assert any("resource_tracker" in command(p) for p in descendants), descendants
+        assert len(list(cache.glob("*/*.np[yz]"))) < n  # killed midway
         survivors = kill_and_watch(proc, descendants)
         assert not survivors, f"orphans {GONE_WITHIN} s after SIGKILL of the stage: {survivors}"
         assert pipe_closed(proc.stdout, 2.0), "the stage's stdout is still held open"

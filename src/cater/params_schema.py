@@ -33,7 +33,7 @@ SCHEMA: dict[str, Any] = {
         "frames_dir": OPT_STR,
         "video_mapping": OPT_STR,
     },
-    "frames": {"num_frames": int, "size": int, "workers": int, "skip_bad": bool},
+    "frames": {"num_frames": int, "size": int, "workers": int, "skip_bad": bool, "codec": str, "quality": int},
     "splits": {"train_n": OPT_INT, "val_n": OPT_INT, "test_n": OPT_INT, "seed": int},
     "prompts": {"batch_size": int, "max_failures": int, "generators": ANY_MAPPING},
     "teacher": {"batch_size": int, "models": ANY_MAPPING},
@@ -73,6 +73,7 @@ CHOICES = {
     ("train", "student", "frame_pool"): FRAME_POOLS,
     ("train", "student", "temporal_head"): TEMPORAL_HEADS,
     ("train", "mixed_precision"): ("no", "fp16", "bf16"),
+    ("frames", "codec"): ("png", "jpeg", "npy"),
 }
 
 # Numeric bounds: (lowest, highest, whether the lowest itself is allowed); None = unbounded on that side.
@@ -84,6 +85,7 @@ BOUNDS: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {
     ("frames", "num_frames"): (1, None, True),
     ("frames", "size"): (8, None, True),
     ("frames", "workers"): (1, None, True),
+    ("frames", "quality"): (1, 100, True),
     ("splits", "train_n"): (1, None, True),
     ("splits", "val_n"): (1, None, True),
     ("splits", "test_n"): (1, None, True),

@@ -2,9 +2,12 @@
 check that keeps the videos a samples file names inside the folders the dataset declares.
 
 Layout of a frame store directory:
-    index.json          {video_id: {"file": "<name>.npy", "times": [...], "num_frames": N}}
-    <name>.npy          uint8 [N, H, W, 3] per video, short side resized to `size`; <name> is
-                        `frame_stem(video_id)`, a plain file name (`cater.io.safe_name`)
+    index.json          {video_id: {"file": "<name>.<ext>", "times": [...], "num_frames": N, "digest": ...}}
+    <name>.npz          codec png (default, lossless) or jpeg: one image per frame, members f0..f{N-1}
+                        (uint8 byte arrays; np.load with allow_pickle off reads them)
+    <name>.npy          codec npy: the raw uint8 [N, H, W, 3] array
+Every frame has its short side resized to `size`; <name> is `frame_stem(video_id)`, a plain file
+name (`cater.io.safe_name`). `FrameStore.load` returns uint8 [N, H, W, 3] whatever the codec.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from cater.io import npy_problem, safe_name, stable_hash
+from cater.io import safe_name, stable_hash
 
 
 class BadVideoError(RuntimeError):
@@ -76,6 +79,9 @@ def decode_video(path: str | Path, num_frames: int, size: int, start: float | No
         raise BadVideoError(f"{path}: zero-length file")
     if path.is_dir():
         return _decode_frame_folder(path, num_frames, size, start, end)
+    # torch before decord: decord's import loads libnvblas, and a libtorch_cpu loaded after it binds its BLAS
+    # calls there, so the next CPU attention in this process segfaults (tests/test_frames.py)
+    import torch  # noqa: F401
     import decord
 
     try:
@@ -142,6 +148,66 @@ def frame_stem(video_id: str) -> str:
     if not stem or stem[0] in ".-":
         stem = "_" + stem[1:]
     return safe_name(f"{stem}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}", f"frame file stem of video {video_id!r}")
+
+
+# ---- frame files: raw or one encoded image per frame ----------------------------------------------------------
+
+CODECS = ("png", "jpeg", "npy")
+
+
+def frames_suffix(codec: str) -> str:
+    if codec not in CODECS:
+        raise ValueError(f"frames.codec {codec!r} is unknown; use one of {', '.join(CODECS)}")
+    return ".npy" if codec == "npy" else ".npz"
+
+
+def save_frames(path: str | Path, frames: np.ndarray, codec: str = "png", quality: int = 95) -> None:
+    """Write uint8 [N, H, W, 3] to `path` (suffix from `frames_suffix(codec)`), atomically."""
+    import io
+
+    from PIL import Image
+
+    from cater.io import atomic_path
+
+    arrays = None
+    if codec != "npy":
+        arrays = {}
+        for i, frame in enumerate(frames):
+            buffer = io.BytesIO()
+            if codec == "png":
+                Image.fromarray(frame).save(buffer, format="PNG", compress_level=1)
+            else:
+                Image.fromarray(frame).save(buffer, format="JPEG", quality=quality, subsampling=0)
+            arrays[f"f{i}"] = np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            if arrays is None:
+                np.save(handle, np.ascontiguousarray(frames))
+            else:
+                np.savez(handle, **arrays)
+
+
+def frames_problem(path: str | Path) -> str | None:
+    """Why a frame file is incomplete (None when it is whole), for either container."""
+    from cater.io import npy_problem, npz_problem
+
+    return npy_problem(path) if str(path).endswith(".npy") else npz_problem(path)
+
+
+def load_frames(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """uint8 [N, H, W, 3] from a file `save_frames` wrote (`mmap` maps a raw .npy instead of reading it)."""
+    import io
+
+    from PIL import Image
+
+    if str(path).endswith(".npy"):
+        return np.load(path, mmap_mode="r" if mmap else None)
+    with np.load(path) as archive:  # allow_pickle stays off
+        count = len(archive.files)
+        names = [f"f{i}" for i in range(count)]
+        if sorted(archive.files) != sorted(names):
+            raise ValueError(f"members {sorted(archive.files)[:5]}..., expected f0..f{count - 1}")
+        return np.stack([np.asarray(Image.open(io.BytesIO(archive[name].tobytes())).convert("RGB")) for name in names])
 
 
 # ---- where sample videos may be read from ----------------------------------------------------------------------
@@ -219,9 +285,13 @@ class FrameStore:
         if video_id not in self.index:
             raise KeyError(f"{self.directory}: no frames for video {video_id!r}")
         path = self.directory / self.index[video_id]["file"]
-        problem = npy_problem(path)
+        problem = frames_problem(path)
         if problem is None:
-            frames = np.load(path, mmap_mode="r" if mmap else None)
+            try:
+                frames = load_frames(path, mmap=mmap)
+            except Exception as exc:  # a member that is not an image
+                frames, problem = None, f"{type(exc).__name__}: {exc}"
+        if problem is None:
             expected = self.index[video_id].get("num_frames")
             if frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8 and expected in (None, frames.shape[0]):
                 return frames

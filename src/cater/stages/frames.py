@@ -1,6 +1,8 @@
 """Stage `frames`: decode N uniform frames per video, once, in parallel, resumably.
 
-Finished videos are kept in data/.cache/frames/<config hash>/ (one atomic .npy each), so a killed
+Frames are stored as one PNG per frame by default (`frames.codec`: png, lossless; jpeg at
+`frames.quality`; npy, raw), in one file per video (cater.data.frames). Finished videos are kept in
+data/.cache/frames/<config hash>/ (one atomic file each), so a killed
 run continues where it stopped; the output directory is assembled at the end.
 
 Before anything is decoded, every sample's `video` must lie under data/ (official datasets are linked
@@ -15,12 +17,12 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from cater.data.frames import BadVideoError, check_media_paths, decode_video, frame_stem, media_roots
+from cater.data.frames import (BadVideoError, check_media_paths, decode_video, frame_stem, frames_problem, frames_suffix,
+                               media_roots, save_frames)
 from cater.data.schema import read_samples
-from cater.io import atomic_path, atomic_write_json, discard_corrupt, file_digest, npy_problem, stable_hash
+from cater.io import atomic_write_json, discard_corrupt, file_digest, stable_hash
 from cater.processes import die_with_parent
 
 SAMPLES = Path("data/samples.jsonl")
@@ -37,16 +39,14 @@ def source_fingerprint(path: str, start, end) -> str:
         return f"{path}|{start}|{end}|missing"
 
 
-def _decode_one(job: tuple[str, str, int, int, float | None, float | None, str]) -> tuple[str, list[float] | None, str | None]:
+def _decode_one(job: tuple) -> tuple[str, list[float] | None, str | None]:
     """Runs in a worker process: the decord reader is created here, never in the parent."""
-    video_id, path, num_frames, size, start, end, target = job
+    video_id, path, num_frames, size, start, end, target, codec, quality = job
     try:
         frames, times = decode_video(path, num_frames, size, start, end)
     except BadVideoError as exc:
         return video_id, None, str(exc)
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, frames)
+    save_frames(target, frames, codec, quality)
     return video_id, times, None
 
 
@@ -57,16 +57,21 @@ def run(params, args) -> None:
     videos: dict[str, tuple] = {}
     for sample in samples:  # one decode per (video, window); samples of one clip share it
         videos.setdefault(sample.video_id, (sample.video, sample.start, sample.end))
-    cache = CACHE / stable_hash({k: cfg[k] for k in ("num_frames", "size")})
+    codec, quality = cfg.get("codec", "png"), cfg.get("quality", 95)
+    suffix = frames_suffix(codec)
+    key = {k: cfg[k] for k in ("num_frames", "size")}
+    if codec != "npy":  # npy keeps the cache folder of stores made before codecs existed
+        key.update(codec=codec, quality=quality if codec == "jpeg" else None)
+    cache = CACHE / stable_hash(key)
     cache.mkdir(parents=True, exist_ok=True)
     times_path = cache / "times.json"
     # finished videos: {video_id: {"times": [...], "source": fingerprint}}; a changed file is decoded again
     done: dict[str, dict] = json.loads(times_path.read_text()) if times_path.exists() else {}
     sources = {vid: source_fingerprint(path, start, end) for vid, (path, start, end) in videos.items()}
     jobs = [
-        (vid, path, cfg["num_frames"], cfg["size"], start, end, str(cache / f"{frame_stem(vid)}.npy"))
+        (vid, path, cfg["num_frames"], cfg["size"], start, end, str(cache / f"{frame_stem(vid)}{suffix}"), codec, quality)
         for vid, (path, start, end) in sorted(videos.items())
-        if not (done.get(vid, {}).get("source") == sources[vid] and discard_corrupt(cache / f"{frame_stem(vid)}.npy", npy_problem))
+        if not (done.get(vid, {}).get("source") == sources[vid] and discard_corrupt(cache / f"{frame_stem(vid)}{suffix}", frames_problem))
     ]
     bad: dict[str, str] = {}
     if jobs:
@@ -94,16 +99,16 @@ def run(params, args) -> None:
                 "Fix or remove them, or set frames.skip_bad: true to drop those samples."
             )
         print(f"frames: skipping {len(bad)} bad video(s), {affected} samples dropped (frames.skip_bad), see {report}")
-    _assemble({vid: done[vid]["times"] for vid in videos if vid in done and vid not in bad}, cache, cfg, bad)
+    _assemble({vid: done[vid]["times"] for vid in videos if vid in done and vid not in bad}, cache, cfg, bad, suffix)
 
 
-def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str]) -> None:
+def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str], suffix: str) -> None:
     tmp = OUT.with_name(OUT.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     index = {}
     for vid in sorted(done):
-        name = f"{frame_stem(vid)}.npy"
+        name = f"{frame_stem(vid)}{suffix}"
         shutil.copyfile(cache / name, tmp / name)
         index[vid] = {"file": name, "times": done[vid], "num_frames": cfg["num_frames"], "digest": file_digest(tmp / name)[:16]}
     atomic_write_json(tmp / "index.json", index)

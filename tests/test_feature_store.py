@@ -72,3 +72,15 @@ def test_an_old_format_store_is_refused_with_the_fix(tmp_path):
     (tmp_path / "index.json").write_text('{"video_ids": []}')
     with pytest.raises(ValueError, match=r"format None, this code reads format 2.*dvc repro --force features"):
         CachedFeatures(tmp_path)
+
+
+def test_teacher_hidden_states_are_dropped_as_read_unless_asked_for(tmp_path):
+    from cater.io import encode_array, write_jsonl
+    from cater.train import load_teacher_outputs
+
+    rows = [{"key": f"s{i}", "choice_logits": [0.1, 0.2], "hard_idx": 1, "hidden": encode_array(np.ones(4096, np.float32))}
+            for i in range(3)]
+    write_jsonl(tmp_path / "outputs.jsonl", rows)
+    assert all("hidden" not in row for row in load_teacher_outputs(tmp_path / "outputs.jsonl", keep_hidden=False).values())
+    kept = load_teacher_outputs(tmp_path / "outputs.jsonl")
+    assert kept["s2"]["hidden"] == rows[2]["hidden"] and kept.path == tmp_path / "outputs.jsonl"

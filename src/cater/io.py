@@ -97,16 +97,19 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    rows = []
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """The rows of a JSONL file one at a time (blank lines skipped); a malformed line names file:line."""
     with Path(path).open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-    return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return list(iter_jsonl(path))
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

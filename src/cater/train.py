@@ -20,7 +20,7 @@ import torch.nn as nn
 from cater.data.schema import Sample
 from cater.distill import DistillationLoss, DistillConfig
 from cater.features import CachedFeatures
-from cater.io import decode_array
+from cater.io import decode_array, iter_jsonl
 from cater.models.student import CaTeRStudent, StudentConfig
 
 PROMPT_VARIANTS = ("none", "random", "frame", "event")
@@ -119,17 +119,10 @@ def load_teacher_outputs(path: Path, keep_hidden: bool = True) -> TeacherOutputs
     if not path.exists():
         raise FileNotFoundError(f"{path}: teacher outputs missing (run or pull the teacher stage)")
     rows = {}
-    with Path(path).open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not keep_hidden:
-                row.pop("hidden", None)
-            rows[row["key"]] = row
+    for row in iter_jsonl(path):
+        if not keep_hidden:
+            row.pop("hidden", None)
+        rows[row["key"]] = row
     return TeacherOutputs(rows, path)
 
 

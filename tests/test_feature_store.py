@@ -74,13 +74,21 @@ def test_an_old_format_store_is_refused_with_the_fix(tmp_path):
         CachedFeatures(tmp_path)
 
 
-def test_teacher_hidden_states_are_dropped_as_read_unless_asked_for(tmp_path):
+def test_teacher_hidden_states_are_read_per_batch_never_held(tmp_path):
     from cater.io import encode_array, write_jsonl
-    from cater.train import load_teacher_outputs
+    from cater.train import TeacherHidden, load_teacher_outputs
 
-    rows = [{"key": f"s{i}", "choice_logits": [0.1, 0.2], "hard_idx": 1, "hidden": encode_array(np.ones(4096, np.float32))}
-            for i in range(3)]
+    vectors = [np.full(4096, i, np.float32) for i in range(3)]
+    vectors[1][7] = np.nan
+    rows = [{"key": f"s{i}", "choice_logits": [0.1, 0.2], "hard_idx": 1, "hidden": encode_array(v)} for i, v in enumerate(vectors)]
     write_jsonl(tmp_path / "outputs.jsonl", rows)
-    assert all("hidden" not in row for row in load_teacher_outputs(tmp_path / "outputs.jsonl", keep_hidden=False).values())
+    dropped = load_teacher_outputs(tmp_path / "outputs.jsonl", keep_hidden=False)
+    assert all("hidden" not in row and "hidden_at" not in row for row in dropped.values())
     kept = load_teacher_outputs(tmp_path / "outputs.jsonl")
-    assert kept["s2"]["hidden"] == rows[2]["hidden"] and kept.path == tmp_path / "outputs.jsonl"
+    assert all("hidden" not in row for row in kept.values())  # no vector in memory, only where to find it
+    assert [kept[f"s{i}"]["hidden_finite"] for i in range(3)] == [True, False, True]
+    hidden = TeacherHidden(tmp_path / "outputs.jsonl", [kept["s2"]["hidden_at"], None, kept["s0"]["hidden_at"]], 4096)
+    got = hidden[torch.tensor([0, 1, 2, 0])]
+    assert hidden.shape == (3, 4096) and got.shape == (4, 4096)
+    assert torch.equal(got[0], torch.full((4096,), 2.0)) and not got[1].any() and torch.equal(got[2], torch.zeros(4096))
+    assert torch.equal(hidden[2], torch.zeros(4096)) and torch.equal(hidden[0], got[3])

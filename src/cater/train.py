@@ -20,7 +20,7 @@ import torch.nn as nn
 from cater.data.schema import Sample
 from cater.distill import DistillationLoss, DistillConfig
 from cater.features import CachedFeatures
-from cater.io import decode_array, iter_jsonl
+from cater.io import decode_array
 from cater.models.student import CaTeRStudent, StudentConfig
 
 PROMPT_VARIANTS = ("none", "random", "frame", "event")
@@ -114,16 +114,61 @@ class TeacherOutputs(dict):
 
 
 def load_teacher_outputs(path: Path, keep_hidden: bool = True) -> TeacherOutputs:
-    """The rows by sample id. Without `keep_hidden` each row's hidden state (a 4096-wide vector for a 7B
-    teacher) is dropped as the file is read, so memory holds only the letter logits."""
+    """The rows by sample id, without their hidden states (a 4096-wide vector each for a 7B teacher): with
+    `keep_hidden` a row keeps where its line starts (`hidden_at`), the vector's width and whether it is
+    finite, and `TeacherHidden` reads it again when a batch needs it; memory holds only the letter logits."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: teacher outputs missing (run or pull the teacher stage)")
     rows = {}
-    for row in iter_jsonl(path):
-        if not keep_hidden:
-            row.pop("hidden", None)
-        rows[row["key"]] = row
+    offset = 0
+    with path.open("rb") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            blob = row.pop("hidden", None)
+            if keep_hidden and blob:
+                vector = decode_array(blob)
+                row.update(hidden_at=start, hidden_width=int(vector.shape[-1]), hidden_finite=bool(np.isfinite(vector).all()))
+            rows[row["key"]] = row
     return TeacherOutputs(rows, path)
+
+
+class TeacherHidden:
+    """The teacher's hidden state of each row of a split, read from the outputs file when a batch asks for it
+    (memory bounded by the batch). A locator is a byte offset into `path`, an inline encoded array, or None
+    (no usable hidden state: zeros, masked out of the align term by `teacher_hidden_valid`)."""
+
+    def __init__(self, path: Path | str | None, locators: list, width: int):
+        self.path, self.locators, self.width = path, locators, width
+        self._handle = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.locators), self.width
+
+    def _blob(self, locator):
+        if isinstance(locator, dict):
+            return locator
+        if self._handle is None:
+            self._handle = open(self.path, "rb")
+        self._handle.seek(locator)
+        return json.loads(self._handle.readline())["hidden"]
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        index = torch.as_tensor(rows)
+        flat = index.reshape(-1).tolist()
+        out = torch.zeros(len(flat), self.width)
+        for k, row in enumerate(flat):
+            locator = self.locators[row]
+            if locator is not None:
+                out[k] = torch.from_numpy(decode_array(self._blob(locator)).astype(np.float32))
+        return out.reshape(*index.shape, self.width)
 
 
 class SplitTensors:
@@ -185,15 +230,20 @@ class SplitTensors:
                         self.teacher_valid[i] = True
                     else:
                         self.nonfinite_teacher_rows += 1
-                vector = decode_array(row["hidden"]).astype(np.float32) if row and row.get("hidden") else None
-                if vector is not None and not np.isfinite(vector).all():
+                locator, width, finite = None, 0, False
+                if row and row.get("hidden"):  # inline (rows given directly rather than read by load_teacher_outputs)
+                    vector = decode_array(row["hidden"])
+                    locator, width, finite = row["hidden"], int(vector.shape[-1]), bool(np.isfinite(vector).all())
+                elif row and "hidden_at" in row:
+                    locator, width, finite = row["hidden_at"], row["hidden_width"], row["hidden_finite"]
+                if locator is not None and not finite:
                     self.nonfinite_teacher_hidden += 1
-                    vector = None
-                hidden.append(vector)
-            width = next((h.shape[-1] for h in hidden if h is not None), 0)
+                hidden.append((locator if finite else None, width))
+            width = next((w for locator, w in hidden if locator is not None), 0)
             if width:
-                self.teacher_hidden = torch.stack([torch.from_numpy(h) if h is not None else torch.zeros(width) for h in hidden])
-                self.teacher_hidden_valid = torch.tensor([h is not None for h in hidden], dtype=torch.bool)
+                self.teacher_hidden = TeacherHidden(source if source != "teacher outputs" else None,
+                                                    [locator for locator, _ in hidden], width)
+                self.teacher_hidden_valid = torch.tensor([locator is not None for locator, _ in hidden], dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -215,7 +215,7 @@ def test_a_damaged_feature_file_is_named(features_workspace):
     target = root / "data/features/video/000000.safetensors"
     target.write_bytes(target.read_bytes()[:200])
     features = CachedFeatures(root / "data/features")  # lazy: the shard is opened by the first read
-    with pytest.raises(ValueError, match=r"data/features/video/000000\.safetensors: damaged feature shard.*dvc checkout data/features"):
+    with pytest.raises(ValueError, match=r"data/features/video/000000\.safetensors: feature shard damaged.*dvc checkout data/features"):
         features.video([0])
 
 

@@ -32,7 +32,7 @@ def test_a_shard_of_the_wrong_shape_is_named(tmp_path):
     writer.append(np.zeros((6, 3), np.float16))
     meta = writer.close()
     meta_wrong = {**meta, "shape": [4]}
-    with pytest.raises(ValueError, match=r"t/000000\.safetensors: damaged feature shard"):
+    with pytest.raises(ValueError, match=r"t/000000\.safetensors: feature shard damaged"):
         ShardReader(tmp_path, "t", meta_wrong).get([0])
     with pytest.raises(ValueError, match="rows of shape"):
         writer.append(np.zeros((1, 4), np.float16))
@@ -92,3 +92,21 @@ def test_teacher_hidden_states_are_read_per_batch_never_held(tmp_path):
     assert hidden.shape == (3, 4096) and got.shape == (4, 4096)
     assert torch.equal(got[0], torch.full((4096,), 2.0)) and not got[1].any() and torch.equal(got[2], torch.zeros(4096))
     assert torch.equal(hidden[2], torch.zeros(4096)) and torch.equal(hidden[0], got[3])
+
+
+def test_readers_keep_few_files_open_read_zero_rows_and_pickle(tmp_path):
+    import pickle
+
+    import cater.features as store
+
+    writer = ShardWriter(tmp_path, "t", rows_per_shard=1)
+    writer.append(np.arange(80, dtype=np.float32).reshape(80, 1))
+    reader = ShardReader(tmp_path, "t", writer.close())
+    assert reader.get(np.arange(80)).ravel().tolist() == list(range(80))  # 80 shards, one row each
+    assert len(reader._files) == store.MAX_OPEN_SHARDS
+    assert reader.get(np.array([], dtype=np.int64)).shape == (0, 1)
+    copy = pickle.loads(pickle.dumps(reader))  # e.g. into a DataLoader worker: opens its own files
+    assert not copy._files and copy.get([79]).item() == 79.0
+    (tmp_path / "t" / "000005.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"t/000005\.safetensors: feature shard missing.*dvc checkout"):
+        copy.get([5])

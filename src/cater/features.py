@@ -13,7 +13,9 @@ Layout of a features directory (format 2):
     strings.json                {"pooled": [...], "prompts": [...]}: the texts behind the ids (not read by training)
 
 A tensor is a numbered series of safetensors files of `rows_per_shard` rows (the last one shorter), so a
-store of 10,000 videos is a few hundred files: DVC re-hashes and re-pushes only the shards that changed.
+store of 10,000 videos is a few hundred files: DVC re-hashes and re-pushes only the shards whose bytes
+changed (rows are in sorted video-id order, so a changed video rewrites its own shard, and an added or
+removed one the shards from its place on).
 `ShardWriter` appends rows and never holds more than one shard; `ShardReader` reads the rows a batch asks
 for with positioned reads (`os.pread`), so a reader's memory is bounded by the batch, not by the store,
 and nothing is memory-mapped (no resident pages grow with the dataset either).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ import torch
 FORMAT = 2
 NO_EVENT = "Nothing new happens."
 ROWS_PER_SHARD = {"video": 64, "pooled": 65536, "prompt_tokens": 4096, "prompt_lengths": 1 << 20}
+MAX_OPEN_SHARDS = 32  # per tensor and reader
 _DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
 
 
@@ -116,13 +120,21 @@ class ShardReader:
         self.row_bytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         self.starts = np.cumsum([0, *meta["shards"]])
         self.rows = int(meta["rows"])
-        self._files: list[tuple[int, int] | None] = [None] * len(meta["shards"])  # (fd, data offset)
+        self._files: OrderedDict[int, tuple[int, int]] = OrderedDict()  # shard -> (fd, data offset), least recent first
+
+    def __getstate__(self) -> dict:  # file descriptors do not cross processes: a copy opens its own
+        return {**self.__dict__, "_files": OrderedDict()}
 
     def _open(self, shard: int) -> tuple[int, int]:
-        if self._files[shard] is None:
+        if shard in self._files:
+            self._files.move_to_end(shard)
+        else:
+            while len(self._files) >= MAX_OPEN_SHARDS:  # TVQA windows make thousands of shards: keep a few open
+                os.close(self._files.popitem(last=False)[1][0])
             path = self.folder / shard_name(shard)
-            fd = os.open(path, os.O_RDONLY)
+            fd = -1
             try:
+                fd = os.open(path, os.O_RDONLY)
                 head = os.pread(fd, 8, 0)
                 header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
                 header = json.loads(os.pread(fd, header_len, 8)) if 0 < header_len < 1 << 24 else None
@@ -134,9 +146,11 @@ class ShardReader:
                 if os.fstat(fd).st_size < 8 + header_len + end or end - begin != expected[0] * self.row_bytes:
                     raise ValueError(f"{os.fstat(fd).st_size} bytes, the header needs {8 + header_len + end}")
             except Exception as exc:
-                os.close(fd)
-                raise ValueError(f"{path}: damaged feature shard ({type(exc).__name__}: {exc}); restore it with "
-                                 "`dvc checkout data/features`, or rebuild it with `dvc repro --force features`") from None
+                if fd >= 0:
+                    os.close(fd)
+                what = "missing" if isinstance(exc, FileNotFoundError) else f"damaged ({type(exc).__name__}: {exc})"
+                raise ValueError(f"{path}: feature shard {what}; restore it with `dvc checkout data/features`, or "
+                                 "rebuild it with `dvc repro --force features`") from None
             self._files[shard] = (fd, 8 + header_len + begin)
         return self._files[shard]
 
@@ -146,6 +160,8 @@ class ShardReader:
         if flat.size and (flat.min() < 0 or flat.max() >= self.rows):
             raise IndexError(f"{self.folder}: row index out of range 0..{self.rows - 1}")
         out = np.empty((flat.size, *self.shape), dtype=self.dtype)
+        if flat.size == 0:
+            return out.reshape(*np.shape(index), *self.shape)
         view = out.reshape(flat.size, -1).view(np.uint8)
         order = np.argsort(flat, kind="stable")
         shards = np.searchsorted(self.starts, flat, side="right") - 1
@@ -167,10 +183,8 @@ class ShardReader:
         return out.reshape(*np.shape(index), *self.shape)
 
     def close(self) -> None:
-        for entry in self._files:
-            if entry is not None:
-                os.close(entry[0])
-        self._files = [None] * len(self._files)
+        while self._files:
+            os.close(self._files.popitem()[1][0])
 
     def __del__(self) -> None:  # file descriptors only; nothing else to release
         try:

@@ -97,7 +97,7 @@ BOUNDS: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {
     ("train", "epochs"): (1, None, True),
     ("train", "batch_size"): (1, None, True),
     ("train", "lr"): (0, None, False),
-    ("train", "warmup_fraction"): (0, 1, True),
+    ("train", "warmup_fraction"): (0, 0.999999, True),  # < 1: some steps must follow the warmup
     ("train", "weight_decay"): (0, None, True),
     ("train", "label_fraction"): (0, 1, False),
     ("train", "distill", "temperature"): (0, None, False),

@@ -131,6 +131,8 @@ def load_teacher_outputs(path: Path, keep_hidden: bool = True) -> TeacherOutputs
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                raise ValueError(f"{path}:{lineno}: expected an object with a string field 'key'")
             blob = row.pop("hidden", None)
             if keep_hidden and blob:
                 vector = decode_array(blob)
@@ -147,6 +149,9 @@ class TeacherHidden:
     def __init__(self, path: Path | str | None, locators: list, width: int):
         self.path, self.locators, self.width = path, locators, width
         self._handle = None
+
+    def __getstate__(self) -> dict:  # an open file does not cross processes: a copy opens its own
+        return {**self.__dict__, "_handle": None}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -240,6 +245,10 @@ class SplitTensors:
                     self.nonfinite_teacher_hidden += 1
                 hidden.append((locator if finite else None, width))
             width = next((w for locator, w in hidden if locator is not None), 0)
+            for s, (locator, w) in zip(samples, hidden):
+                if locator is not None and w != width:
+                    raise ValueError(f"{source}: sample {s.id!r}: field hidden has {w} values, other rows have {width} "
+                                     "(the outputs mix teachers; re-run the teacher stage)")
             if width:
                 self.teacher_hidden = TeacherHidden(source if source != "teacher outputs" else None,
                                                     [locator for locator, _ in hidden], width)

@@ -187,6 +187,15 @@ def save_frames(path: str | Path, frames: np.ndarray, codec: str = "png", qualit
                 np.savez(handle, **arrays)
 
 
+def pixel_digest(frames: np.ndarray) -> str:
+    """A hash of decoded frames (shape and pixels): the same for every codec that stores the same pixels, and
+    independent of the encoder build (caches downstream key on it)."""
+    frames = np.ascontiguousarray(frames)
+    digest = hashlib.sha256(repr(frames.shape).encode())
+    digest.update(frames.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def frames_problem(path: str | Path) -> str | None:
     """Why a frame file is incomplete (None when it is whole), for either container."""
     from cater.io import npy_problem, npz_problem
@@ -234,20 +243,19 @@ def _inside(path: Path, root: Path) -> bool:
 def check_media_paths(samples: Iterable, roots: Sequence[str | Path], source: str) -> None:
     """Refuse (MediaPathError) any sample whose `video` lies outside every root.
 
-    A path counts as inside a root when it is inside it as written (made absolute, `..` folded away), or when
-    it is inside it after symlinks are resolved on both sides. Links the repository itself holds under a root
-    (DVC's symlink cache, a data/videos link to a big disk) stay usable; a samples file cannot climb out with
-    `..` or an absolute path.
+    A `video` must be a relative path without any `..` component that lies inside a root as written. Links
+    the repository itself holds under a root (data/raw/<dataset> to where a release lives, DVC's symlink
+    cache) stay usable; a samples file can neither name an absolute path nor climb out with `..` (which the
+    kernel would apply after following such a link, so it is refused outright, not folded away).
     """
     lexical = [Path(os.path.abspath(root)) for root in roots]
-    resolved = [Path(root).resolve() for root in roots]
     checked: dict[str, bool] = {}
     for sample in samples:
         video = sample.video
         if video not in checked:
             path = Path(video)
-            checked[video] = (any(_inside(Path(os.path.abspath(path)), root) for root in lexical)
-                              or any(_inside(path.resolve(), root) for root in resolved))
+            checked[video] = (not path.is_absolute() and ".." not in path.parts
+                              and any(_inside(Path(os.path.abspath(path)), root) for root in lexical))
         if not checked[video]:
             allowed = ", ".join(str(root) for root in roots)
             raise MediaPathError(
@@ -285,12 +293,11 @@ class FrameStore:
         if video_id not in self.index:
             raise KeyError(f"{self.directory}: no frames for video {video_id!r}")
         path = self.directory / self.index[video_id]["file"]
-        problem = frames_problem(path)
-        if problem is None:
-            try:
-                frames = load_frames(path, mmap=mmap)
-            except Exception as exc:  # a member that is not an image
-                frames, problem = None, f"{type(exc).__name__}: {exc}"
+        problem = None
+        try:
+            frames = load_frames(path, mmap=mmap)
+        except Exception as exc:  # why, in the container's terms if it is damaged; else the decoder's words
+            problem = frames_problem(path) or f"{type(exc).__name__}: {exc}"
         if problem is None:
             expected = self.index[video_id].get("num_frames")
             if frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8 and expected in (None, frames.shape[0]):
@@ -298,6 +305,11 @@ class FrameStore:
             problem = f"holds {frames.dtype} {tuple(frames.shape)}, expected uint8 [{expected}, H, W, 3]"
         raise ValueError(f"{path}: frames of video {video_id!r} are damaged ({problem}); restore the frames output "
                          "with `dvc checkout data/frames`, or rebuild it with `dvc repro --force frames`")
+
+    def shape(self, video_id: str) -> tuple[int, ...]:
+        """uint8 [T, H, W, 3] shape of a video's frames without decoding them (index.json, else the file)."""
+        shape = self.index[video_id].get("shape")
+        return tuple(shape) if shape else tuple(self.load(video_id, mmap=True).shape)
 
     def times(self, video_id: str) -> list[float]:
         return self.index[video_id]["times"]

@@ -28,7 +28,7 @@ class Sample:
     id: str
     dataset: str
     split: str
-    video: str  # path to the video file or frame folder, relative to the repository root or absolute
+    video: str  # the video file or frame folder, relative to the repository root (under data/; see data/raw/README.md)
     question: str
     choices: list[str]
     answer_idx: int | None  # None only where the official release hides the answer (TVQA test_public)

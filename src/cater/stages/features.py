@@ -132,7 +132,8 @@ def run(params, args) -> None:
     samples = [s for split in SPLITS for s in read_samples(SPLITS_DIR / f"{split}.jsonl")]
     frames = FrameStore(FRAMES)
     num_frames = params["frames"]["num_frames"]
-    prompt_files = {p.name[: -len(".jsonl")]: p for p in sorted(PROMPTS.glob("*.jsonl")) if not p.name.endswith(".failures.jsonl")}
+    # the generators params declare (a removed generator's old file may still lie in data/prompts)
+    prompt_files = {name: PROMPTS / f"{name}.jsonl" for name in sorted(params["prompts"]["generators"])}
     pooled_strings, prompt_strings, per_sample, prompts = collect_strings(samples, prompt_files, num_frames)
     spec = BackboneSpec(cfg["backbone"], cfg["pretrained"], cfg["seed"])
     device = "cuda" if cfg["device"] == "auto" and torch.cuda.is_available() else ("cpu" if cfg["device"] == "auto" else cfg["device"])
@@ -210,7 +211,7 @@ def _assemble(cached, video_ids, pooled_chunks, prompt_chunks, token_length, emb
 def main(argv=None) -> int:
     from cater.stages.common import stage_main
 
-    return stage_main(__doc__, run, argv=argv, sections=('frames', 'features'))
+    return stage_main(__doc__, run, argv=argv, sections=('frames', 'prompts', 'features'))
 
 
 if __name__ == "__main__":

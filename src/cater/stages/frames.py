@@ -20,9 +20,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cater.data.frames import (BadVideoError, check_media_paths, decode_video, frame_stem, frames_problem, frames_suffix,
-                               media_roots, save_frames)
+                               load_frames, media_roots, pixel_digest, save_frames)
 from cater.data.schema import read_samples
-from cater.io import atomic_write_json, discard_corrupt, file_digest, stable_hash
+from cater.io import atomic_write_json, discard_corrupt, stable_hash
 from cater.processes import die_with_parent
 
 SAMPLES = Path("data/samples.jsonl")
@@ -39,15 +39,17 @@ def source_fingerprint(path: str, start, end) -> str:
         return f"{path}|{start}|{end}|missing"
 
 
-def _decode_one(job: tuple) -> tuple[str, list[float] | None, str | None]:
-    """Runs in a worker process: the decord reader is created here, never in the parent."""
+def _decode_one(job: tuple) -> tuple[str, dict | None, str | None]:
+    """Runs in a worker process (the decord reader is created here, never in the parent): decode, store, and
+    return the times, the stored pixels' digest and shape, or the error."""
     video_id, path, num_frames, size, start, end, target, codec, quality = job
     try:
         frames, times = decode_video(path, num_frames, size, start, end)
     except BadVideoError as exc:
         return video_id, None, str(exc)
     save_frames(target, frames, codec, quality)
-    return video_id, times, None
+    stored = load_frames(target) if codec == "jpeg" else frames  # lossy: the digest is of what readers get
+    return video_id, {"times": times, "digest": pixel_digest(stored), "shape": list(stored.shape)}, None
 
 
 def run(params, args) -> None:
@@ -79,12 +81,12 @@ def run(params, args) -> None:
         with ProcessPoolExecutor(max_workers=max(1, cfg["workers"]), mp_context=get_context("spawn"),
                                  initializer=die_with_parent) as pool:
             results = pool.map(_decode_one, jobs, chunksize=max(1, len(jobs) // (8 * max(1, cfg["workers"]))))
-            for i, (vid, times, error) in enumerate(tqdm(results, total=len(jobs), desc="frames", unit="video")):
+            for i, (vid, decoded, error) in enumerate(tqdm(results, total=len(jobs), desc="frames", unit="video")):
                 if error:
                     bad[vid] = error
                     done.pop(vid, None)
                 else:
-                    done[vid] = {"times": times, "source": sources[vid]}
+                    done[vid] = {**decoded, "source": sources[vid]}
                 if i % 64 == 0:
                     atomic_write_json(times_path, done)
         atomic_write_json(times_path, done)
@@ -99,10 +101,10 @@ def run(params, args) -> None:
                 "Fix or remove them, or set frames.skip_bad: true to drop those samples."
             )
         print(f"frames: skipping {len(bad)} bad video(s), {affected} samples dropped (frames.skip_bad), see {report}")
-    _assemble({vid: done[vid]["times"] for vid in videos if vid in done and vid not in bad}, cache, cfg, bad, suffix)
+    _assemble({vid: done[vid] for vid in videos if vid in done and vid not in bad}, cache, cfg, bad, suffix)
 
 
-def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str], suffix: str) -> None:
+def _assemble(done: dict[str, dict], cache: Path, cfg, bad: dict[str, str], suffix: str) -> None:
     tmp = OUT.with_name(OUT.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -110,7 +112,12 @@ def _assemble(done: dict[str, list[float]], cache: Path, cfg, bad: dict[str, str
     for vid in sorted(done):
         name = f"{frame_stem(vid)}{suffix}"
         shutil.copyfile(cache / name, tmp / name)
-        index[vid] = {"file": name, "times": done[vid], "num_frames": cfg["num_frames"], "digest": file_digest(tmp / name)[:16]}
+        entry = done[vid]
+        if not (entry.get("digest") and entry.get("shape")):  # decoded by an older version of this stage
+            frames = load_frames(tmp / name)
+            entry = {**entry, "digest": pixel_digest(frames), "shape": list(frames.shape)}
+        index[vid] = {"file": name, "times": entry["times"], "num_frames": cfg["num_frames"], "shape": entry["shape"],
+                      "digest": entry["digest"]}
     atomic_write_json(tmp / "index.json", index)
     atomic_write_json(tmp / "bad_videos.json", bad)
     shutil.rmtree(OUT, ignore_errors=True)

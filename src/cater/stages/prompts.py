@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tqdm import tqdm
 
 from cater.data.frames import FrameStore
@@ -38,11 +40,12 @@ def request_digest(group, frames: FrameStore) -> str:
     return stable_hash([frames.digest(video_id), frames.times(video_id), sorted({s.question for s in group}), group[0].events])
 
 
-def build_requests(samples, frames: FrameStore, mmap: bool = False) -> list[PromptRequest]:
-    """One request per video; `mmap` maps the frames instead of reading them (enough for shapes)."""
+def build_requests(samples, frames: FrameStore, shapes_only: bool = False) -> list[PromptRequest]:
+    """One request per video; with `shapes_only` the frames are zero-byte stand-ins of the right shape
+    (all the cost estimate reads), so estimating a whole dataset decodes nothing."""
     requests = []
     for video_id, group in sorted(group_by_video(samples).items()):
-        pixels = frames.load(video_id, mmap=mmap)
+        pixels = np.broadcast_to(np.uint8(0), frames.shape(video_id)) if shapes_only else frames.load(video_id)
         requests.append(
             PromptRequest(
                 video_id=video_id,
@@ -79,7 +82,7 @@ def run(params, args) -> None:
     todo = [vid for vid in sorted(by_video) if vid not in done]
     batch_size = cfg["batch_size"]
     if todo and hasattr(backend, "estimate"):  # what the run may cost, before any request
-        estimate = backend.estimate(build_requests([s for v in todo for s in by_video[v]], frames, mmap=True))
+        estimate = backend.estimate(build_requests([s for v in todo for s in by_video[v]], frames, shapes_only=True))
         print(f"prompts[{name}]: {len(done)} videos done, {len(todo)} to do: {estimate}", flush=True)
     for start in tqdm(range(0, len(todo), batch_size), desc=f"prompts[{name}]", unit="batch"):
         ids = todo[start : start + batch_size]

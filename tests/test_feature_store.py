@@ -110,3 +110,49 @@ def test_readers_keep_few_files_open_read_zero_rows_and_pickle(tmp_path):
     (tmp_path / "t" / "000005.safetensors").unlink()
     with pytest.raises(ValueError, match=r"t/000005\.safetensors: feature shard missing.*dvc checkout"):
         copy.get([5])
+
+
+class InMemoryFeatures:
+    """The store's whole content as in-memory tensors (what format 1 held): the reference that training from
+    the lazily read shards must match bit for bit."""
+
+    def __init__(self, store: CachedFeatures):
+        self.index, self.video_row = store.index, store.video_row
+        self.embed_dim, self.num_frames, self.token_length = store.embed_dim, store.num_frames, store.token_length
+        tensors = store.index["tensors"]
+        self.all_video = store.video(torch.arange(tensors["video"]["rows"]))
+        self.all_pooled = store.pooled(torch.arange(tensors["pooled"]["rows"]))
+        self.all_prompts = store.prompt_tokens(torch.arange(tensors["prompt_tokens"]["rows"]))
+        self.prompt_lengths = store.prompt_lengths
+        self.prompt_ids = store.prompt_ids
+
+    def video(self, rows):
+        return self.all_video[0][rows], self.all_video[1][rows]
+
+    def pooled(self, ids):
+        return self.all_pooled[ids]
+
+    def prompt_tokens(self, ids):
+        return self.all_prompts[ids]
+
+
+def test_training_from_the_lazy_store_equals_training_from_memory(tmp_path):
+    from test_train_ddp import VIDEOS, build_cache, config
+
+    from cater.data.schema import read_samples
+    from cater.train import FeatureBatcher, SplitTensors, load_teacher_outputs, train
+
+    build_cache(tmp_path)
+    torch.set_num_threads(1)
+    cfg = config(epochs=2)
+    lazy = CachedFeatures(tmp_path / "features")
+    teacher = load_teacher_outputs(tmp_path / "teacher.jsonl")
+    checkpoints = []
+    for features in (lazy, InMemoryFeatures(lazy)):
+        splits = {name: read_samples(tmp_path / f"{name}.jsonl") for name in VIDEOS}
+        train_split = SplitTensors(splits["train"], features, cfg, teacher, None)
+        val_split = SplitTensors(splits["val"], features, cfg, None, None)
+        checkpoints.append(train(cfg, train_split, val_split, FeatureBatcher(features), features))
+    for key, value in checkpoints[0]["model"].items():
+        assert torch.equal(value, checkpoints[1]["model"][key]), key
+    assert checkpoints[0]["val_accuracy"] == checkpoints[1]["val_accuracy"]

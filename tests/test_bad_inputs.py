@@ -180,6 +180,7 @@ def features_workspace(tmp_path, monkeypatch):
     params = load_params(REPO_PARAMS)
     params["frames"]["num_frames"] = 4
     params["features"] = {**params["features"], "device": "cpu"}
+    params["prompts"]["generators"] = {"gpt": {"backend": "openai", "model": "gpt-4o-mini"}}  # the file written above
     return tmp_path, params
 
 
@@ -282,3 +283,14 @@ def test_an_empty_split_fails_at_the_splits_stage_and_writes_nothing(tmp_path, m
     (tmp_path / "data/frames/index.json").write_text(json.dumps({v: {} for v in ("v1", "v2", "v3")}))
     stage.run({"splits": {"train_n": None, "val_n": None, "test_n": None, "seed": 0}}, None)
     assert (tmp_path / "data/splits/test.jsonl").exists()
+
+
+def test_a_removed_generators_leftover_prompts_file_is_ignored(features_workspace):
+    """DVC leaves the file of a generator removed from params in data/prompts; features reads the declared ones."""
+    from cater.features import CachedFeatures
+    from cater.stages import features as stage
+
+    root, params = features_workspace
+    write_jsonl(root / "data/prompts/old.jsonl", [_prompt_row("v1")])  # covers 1 of 3 videos: an error if read
+    stage.run(params, None)
+    assert sorted(CachedFeatures(root / "data/features").index["prompts"]) == ["gpt"]

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-PROMPT_VARIANTS = ("none", "random", "frame", "event")
-DISTILL_MODES = ("none", "hard", "soft", "hybrid")
+from cater.choices import DISTILL_MODES, PROMPT_VARIANTS
+
 PROMPT_AXIS = "train.prompt_variant"
 DISTILL_AXIS = "train.distill.mode"
 TEACHER_AXIS = "train.teacher"

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODES = ("none", "hard", "soft", "hybrid")
+from cater.choices import DISTILL_MODES as MODES
 
 
 @dataclass

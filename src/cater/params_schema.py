@@ -9,8 +9,8 @@ from typing import Any
 
 from cater.config import ConfigError
 from cater.io import safe_name
-from cater.models.student import FRAME_POOLS, FUSIONS, TEMPORAL_HEADS
-from cater.train import LR_SCHEDULES
+from cater.choices import (CHOICE_TEXTS, DISTILL_MODES, FRAME_CODECS, FRAME_POOLS, FUSIONS, LR_SCHEDULES, MIXED_PRECISION,
+                           PROMPT_VARIANTS, TEMPORAL_HEADS)
 
 NUM = (int, float)
 OPT_INT = (int, type(None))
@@ -65,15 +65,15 @@ SCHEMA: dict[str, Any] = {
 }
 REQUIRED_SECTIONS = ("dataset", "frames", "splits", "prompts", "teacher", "features", "train")
 CHOICES = {
-    ("train", "prompt_variant"): ("none", "random", "frame", "event"),
-    ("train", "distill", "mode"): ("none", "hard", "soft", "hybrid"),
-    ("train", "choice_text"): ("qa", "answer"),
+    ("train", "prompt_variant"): PROMPT_VARIANTS,
+    ("train", "distill", "mode"): DISTILL_MODES,
+    ("train", "choice_text"): CHOICE_TEXTS,
     ("train", "lr_schedule"): LR_SCHEDULES,
     ("train", "student", "fusion"): FUSIONS,
     ("train", "student", "frame_pool"): FRAME_POOLS,
     ("train", "student", "temporal_head"): TEMPORAL_HEADS,
-    ("train", "mixed_precision"): ("no", "fp16", "bf16"),
-    ("frames", "codec"): ("png", "jpeg", "npy"),
+    ("train", "mixed_precision"): MIXED_PRECISION,
+    ("frames", "codec"): FRAME_CODECS,
 }
 
 # Numeric bounds: (lowest, highest, whether the lowest itself is allowed); None = unbounded on that side.

@@ -17,14 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cater.choices import CHOICE_TEXTS, LR_SCHEDULES, PROMPT_VARIANTS
 from cater.data.schema import Sample
 from cater.distill import DistillationLoss, DistillConfig
 from cater.features import CachedFeatures
 from cater.io import decode_array
 from cater.models.student import CaTeRStudent, StudentConfig
-
-PROMPT_VARIANTS = ("none", "random", "frame", "event")
-LR_SCHEDULES = ("warmup_cosine", "constant")
 
 
 @dataclass
@@ -51,7 +49,7 @@ class TrainConfig:
             self.distill = DistillConfig(**self.distill)
         if self.prompt_variant not in PROMPT_VARIANTS:
             raise ValueError(f"train.prompt_variant must be one of {PROMPT_VARIANTS}, got {self.prompt_variant!r}")
-        if self.choice_text not in ("qa", "answer"):
+        if self.choice_text not in CHOICE_TEXTS:
             raise ValueError(f"train.choice_text must be qa or answer, got {self.choice_text!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")

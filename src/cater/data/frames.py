@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from cater.choices import FRAME_CODECS
 from cater.io import safe_name, stable_hash
 
 
@@ -152,7 +153,7 @@ def frame_stem(video_id: str) -> str:
 
 # ---- frame files: raw or one encoded image per frame ----------------------------------------------------------
 
-CODECS = ("png", "jpeg", "npy")
+CODECS = FRAME_CODECS
 
 
 def frames_suffix(codec: str) -> str:

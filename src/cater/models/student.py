@@ -25,9 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FUSIONS = ("norm", "gated")  # norm: LayerNorm(visual + dropout(attn)) (seed) | gated: pre-norm attn + FF, tanh gate from 0
-FRAME_POOLS = ("tokens", "cls", "patches", "attention")  # tokens: mean over CLS + patches (seed)
-TEMPORAL_HEADS = ("norm_mean", "residual")  # norm_mean: mean(LayerNorm(temporal)) (seed) | residual: mean(frames) + zero-init linear
+from cater.choices import FRAME_POOLS, FUSIONS, TEMPORAL_HEADS  # the options, defined once
 
 
 @dataclass

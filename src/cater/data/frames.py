@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -153,12 +153,10 @@ def frame_stem(video_id: str) -> str:
 
 # ---- frame files: raw or one encoded image per frame ----------------------------------------------------------
 
-CODECS = FRAME_CODECS
-
 
 def frames_suffix(codec: str) -> str:
-    if codec not in CODECS:
-        raise ValueError(f"frames.codec {codec!r} is unknown; use one of {', '.join(CODECS)}")
+    if codec not in FRAME_CODECS:
+        raise ValueError(f"frames.codec {codec!r} is unknown; use one of {', '.join(FRAME_CODECS)}")
     return ".npy" if codec == "npy" else ".npz"
 
 

@@ -178,3 +178,67 @@ def test_config_checks():
         DistillConfig(mode="dark")
     with pytest.raises(ValueError, match="temperature"):
         DistillConfig(temperature=0)
+
+
+# --- embed: the seed repository's "soft" loss (MSE to a fixed projection of the teacher hidden state) ---------
+
+
+def test_embed_is_the_mse_of_normalised_vectors_without_projection_at_equal_width():
+    b = batch()
+    g = torch.Generator().manual_seed(3)
+    video, hidden = torch.randn(B, 8, generator=g), torch.randn(B, 8, generator=g)
+    loss = DistillationLoss(DistillConfig(mode="hard", embed_weight=0.4), student_dim=8, teacher_dim=8)
+    assert loss.embed_proj is None
+    base, _ = DistillationLoss(DistillConfig(mode="hard"))(b["logits"], b["labels"], b["choice_mask"],
+                                                           b["teacher_logits"], b["teacher_valid"])
+    total, parts = call(loss, b, video=video, teacher_hidden=hidden)
+    expected = F.mse_loss(F.normalize(video, dim=-1), F.normalize(hidden, dim=-1))  # the seed: mean over N x d
+    assert parts["embed"] == pytest.approx(float(expected), rel=1e-6)
+    assert float(total) == pytest.approx(float(base) + 0.4 * float(expected), rel=1e-6)
+
+
+def test_embed_projection_is_fixed_seeded_and_not_trained():
+    from cater.distill import fixed_projection
+
+    torch.manual_seed(123)  # the global generator must not matter
+    a = DistillationLoss(DistillConfig(mode="hybrid", embed_weight=1.0), 8, 32, "videollava")
+    torch.manual_seed(456)
+    b = DistillationLoss(DistillConfig(mode="hybrid", embed_weight=1.0), 8, 32, "videollava")
+    assert torch.equal(a.embed_proj, b.embed_proj) and a.embed_proj.shape == (8, 32)
+    assert list(a.parameters()) == []  # a buffer, not a trainable parameter
+    other = DistillationLoss(DistillConfig(mode="hybrid", embed_weight=1.0, embed_seed=7), 8, 32, "videollava")
+    assert not torch.equal(a.embed_proj, other.embed_proj)
+    assert not torch.equal(a.embed_proj, fixed_projection(8, 32, 42, "flamingo"))
+    # the seed repository's generator seed: seed + width * 997 + sha1(name)[:8] % 100003, Gaussian / sqrt(width)
+    import hashlib
+    name_hash = int.from_bytes(hashlib.sha1(b"videollava").digest()[:8], "big") % 100003
+    expected = torch.randn(8, 32, generator=torch.Generator().manual_seed(42 + 32 * 997 + name_hash)) / 32 ** 0.5
+    assert torch.equal(a.embed_proj, expected)
+
+
+def test_embed_uses_the_projection_and_skips_samples_without_a_hidden_state():
+    b = batch()
+    g = torch.Generator().manual_seed(4)
+    video, hidden = torch.randn(B, 8, generator=g), torch.randn(B, 32, generator=g)
+    hidden[2] = float("nan")  # no usable hidden state: must not reach the loss or the gradient
+    valid = torch.tensor([True, True, False, True])
+    video.requires_grad_()
+    loss = DistillationLoss(DistillConfig(mode="soft", embed_weight=1.0), 8, 32, "t")
+    _, parts = loss(b["logits"], b["labels"], b["choice_mask"], b["teacher_logits"], b["teacher_valid"], video, hidden,
+                    teacher_hidden_valid=valid)
+    target = F.normalize(hidden[valid] @ loss.embed_proj.t(), dim=-1)
+    expected = (F.normalize(video[valid], dim=-1) - target).pow(2).mean()
+    assert parts["embed"] == pytest.approx(float(expected), rel=1e-6)
+    total, _ = loss(b["logits"], b["labels"], b["choice_mask"], b["teacher_logits"], b["teacher_valid"], video, hidden,
+                    teacher_hidden_valid=valid)
+    total.backward()
+    assert torch.isfinite(video.grad).all() and float(video.grad[2].abs().sum()) == 0.0
+
+
+def test_no_embed_term_without_weight_or_in_mode_none():
+    b = batch()
+    video, hidden = torch.randn(B, 8), torch.randn(B, 8)
+    for loss in (DistillationLoss(DistillConfig(mode="hybrid"), 8, 8),
+                 DistillationLoss(DistillConfig(mode="none", embed_weight=1.0), 8, 8)):
+        _, parts = call(loss, b, video=video, teacher_hidden=hidden)
+        assert "embed" not in parts

@@ -9,7 +9,7 @@ from typing import Any
 
 from cater.config import ConfigError
 from cater.io import safe_name
-from cater.choices import (CHOICE_TEXTS, DISTILL_MODES, FRAME_CODECS, FRAME_POOLS, FUSIONS, LR_SCHEDULES, MIXED_PRECISION,
+from cater.choices import (BACKBONE_LIBRARIES, CHOICE_TEXTS, DISTILL_MODES, FRAME_CODECS, FRAME_POOLS, FUSIONS, LR_SCHEDULES, MIXED_PRECISION,
                            PROMPT_VARIANTS, TEMPORAL_HEADS)
 
 NUM = (int, float)
@@ -38,12 +38,13 @@ SCHEMA: dict[str, Any] = {
     "prompts": {"batch_size": int, "max_failures": int, "generators": ANY_MAPPING},
     "teacher": {"batch_size": int, "models": ANY_MAPPING},
     "features": {"backbone": str, "pretrained": OPT_STR, "seed": int, "device": str, "batch_size": int, "text_chunk": int,
-                 "truncate_text": bool},
+                 "truncate_text": bool, "library": str},
     "train": {
         "prompt_variant": str,
         "prompt_generator": str,
         "teacher": str,
-        "distill": {"mode": str, "temperature": NUM, "label_weight": NUM, "hard_weight": NUM, "soft_weight": NUM, "align_weight": NUM},
+        "distill": {"mode": str, "temperature": NUM, "label_weight": NUM, "hard_weight": NUM, "soft_weight": NUM, "align_weight": NUM,
+                    "embed_weight": NUM, "embed_seed": int},
         "student": {
             "heads": int, "temporal_heads": int, "cross_layers": int, "temporal_layers": int, "dropout": NUM,
             "fusion": str, "frame_pool": str, "temporal_head": str,
@@ -74,6 +75,7 @@ CHOICES = {
     ("train", "student", "temporal_head"): TEMPORAL_HEADS,
     ("train", "mixed_precision"): MIXED_PRECISION,
     ("frames", "codec"): FRAME_CODECS,
+    ("features", "library"): BACKBONE_LIBRARIES,
 }
 
 # Numeric bounds: (lowest, highest, whether the lowest itself is allowed); None = unbounded on that side.
@@ -105,6 +107,7 @@ BOUNDS: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {
     ("train", "distill", "hard_weight"): (0, None, True),
     ("train", "distill", "soft_weight"): (0, None, True),
     ("train", "distill", "align_weight"): (0, None, True),
+    ("train", "distill", "embed_weight"): (0, None, True),
     ("train", "student", "heads"): (1, None, True),
     ("train", "student", "temporal_heads"): (1, None, True),
     ("train", "student", "cross_layers"): (1, None, True),

@@ -373,7 +373,7 @@ def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, 
     accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     student = build_student(cfg, features)
     teacher_dim = train_split.teacher_hidden.shape[-1] if train_split.teacher_hidden is not None else 0
-    loss = DistillationLoss(cfg.distill, features.embed_dim, teacher_dim)
+    loss = DistillationLoss(cfg.distill, features.embed_dim, teacher_dim, cfg.teacher)
     module = StudentWithLoss(student, loss)
     optimizer = torch.optim.AdamW(parameter_groups(module, cfg.weight_decay), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -9,8 +9,8 @@ from typing import Any
 
 from cater.config import ConfigError
 from cater.io import safe_name
-from cater.choices import (BACKBONE_LIBRARIES, CHOICE_TEXTS, DISTILL_MODES, FRAME_CODECS, FRAME_POOLS, FUSIONS, LR_SCHEDULES, MIXED_PRECISION,
-                           PROMPT_VARIANTS, TEMPORAL_HEADS)
+from cater.choices import (BACKBONE_LIBRARIES, CHOICE_TEXTS, DISTILL_MODES, FRAME_CODECS, FRAME_POOLS, FUSIONS, LR_SCHEDULES,
+                           MIXED_PRECISION, PROMPT_VARIANTS, TEMPORAL_HEADS)
 
 NUM = (int, float)
 OPT_INT = (int, type(None))
@@ -32,6 +32,7 @@ SCHEMA: dict[str, Any] = {
         "subtitles": OPT_STR,
         "frames_dir": OPT_STR,
         "video_mapping": OPT_STR,
+        "frames_root": OPT_STR,
     },
     "frames": {"num_frames": int, "size": int, "workers": int, "skip_bad": bool, "codec": str, "quality": int},
     "splits": {"train_n": OPT_INT, "val_n": OPT_INT, "test_n": OPT_INT, "seed": int},

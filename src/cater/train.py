@@ -221,6 +221,11 @@ class SplitTensors:
             hidden = []
             for i, s in enumerate(samples):
                 row = teacher.get(s.id)
+                if row is not None and row.get("choice_only") and cfg.distill.mode in ("soft", "hybrid"):
+                    raise ValueError(
+                        f"{source}: sample {s.id!r}: the teacher gives only its choice (a seed JSONL teacher_hard_idx), "
+                        f"not a distribution, so train.distill.mode {cfg.distill.mode} would distil a one-hot; use mode "
+                        "hard (the seed's hybrid is mode hard + embed_weight 0.4)")
                 if row is not None and row.get("choice_logits") is not None:
                     logits = row["choice_logits"]
                     if len(logits) != len(s.choices):

@@ -85,5 +85,5 @@ def link_dataset(root: Path, cfg: dict, release: Path) -> dict:
             return str(Path("data/raw", cfg["name"], Path(value).resolve().relative_to(Path(release).resolve())))
         return value
 
-    return {key: moved(value) if key in ("annotations", "videos", "frames_dir", "subtitles", "video_mapping") else value
+    return {key: moved(value) if key in ("annotations", "videos", "frames_dir", "subtitles", "video_mapping", "frames_root") else value
             for key, value in cfg.items()}

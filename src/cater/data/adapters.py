@@ -4,7 +4,7 @@ Every adapter is `load(cfg: dict) -> list[Sample]`, where `cfg` is the `dataset`
 params.yaml. `ADAPTERS[cfg["name"]](cfg)` picks the adapter; each module's docstring lists its keys.
 
 Keys common to all adapters:
-    name          msrvtt_qa | msvd_qa | activitynet_qa | tvqa
+    name          msrvtt_qa | msvd_qa | activitynet_qa | tvqa | seed_jsonl (the seed repository's own files)
     annotations   folder holding the official annotation files (required)
     videos        folder, or list of folders, holding the videos
     splits        which official splits to load (default: all of them)
@@ -34,7 +34,7 @@ FRAME_EXTS = (".jpg", ".jpeg", ".png")
 
 COMMON_KEYS = {"name", "annotations", "videos", "splits", "check_videos"}
 # every key some adapter understands; the per-adapter sets are declared in the modules
-ALL_KEYS = COMMON_KEYS | {"num_choices", "seed", "video_mapping", "use_ts", "subtitles", "frames_dir"}
+ALL_KEYS = COMMON_KEYS | {"num_choices", "seed", "video_mapping", "use_ts", "subtitles", "frames_dir", "frames_root"}
 
 
 class AdapterError(ValueError):
@@ -275,20 +275,28 @@ def _load_tvqa(cfg: dict) -> list[Sample]:
     return tvqa.load(cfg)
 
 
+def _load_seed_jsonl(cfg: dict) -> list[Sample]:
+    from cater.data import seed_jsonl
+
+    return seed_jsonl.load(cfg)
+
+
 # Imported lazily so the dataset modules can import the helpers above without a cycle.
 ADAPTERS: dict[str, Callable[[dict], list[Sample]]] = {
     "msrvtt_qa": _load_msrvtt_qa,
     "msvd_qa": _load_msvd_qa,
     "activitynet_qa": _load_activitynet_qa,
     "tvqa": _load_tvqa,
+    "seed_jsonl": _load_seed_jsonl,
 }
 
 
 def adapter_stats(name: str) -> dict:
     """Counts from the latest `load` of adapter `name` (a copy)."""
-    from cater.data import activitynet_qa, msrvtt_qa, tvqa
+    from cater.data import activitynet_qa, msrvtt_qa, seed_jsonl, tvqa
 
-    modules = {"msrvtt_qa": msrvtt_qa, "msvd_qa": msrvtt_qa, "activitynet_qa": activitynet_qa, "tvqa": tvqa}
+    modules = {"msrvtt_qa": msrvtt_qa, "msvd_qa": msrvtt_qa, "activitynet_qa": activitynet_qa, "tvqa": tvqa,
+               "seed_jsonl": seed_jsonl}
     if name not in modules:
         raise KeyError(f"unknown dataset adapter {name!r}; known: {sorted(modules)}")
     stats = modules[name].last_stats

@@ -38,6 +38,7 @@ class Sample:
     end: float | None = None
     subtitles: str | None = None
     events: list[dict[str, Any]] | None = None  # ground-truth events, demo only: {label, start, end, ...}
+    given_prompts: dict[str, list[str]] | None = None  # prompts shipped with the data (seed JSONL): {event: [...], frame: [...]}
 
     def __post_init__(self) -> None:
         if not self.video_id:
@@ -64,6 +65,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "end": (int, float, type(None)),
     "subtitles": (str, type(None)),
     "events": (list, type(None)),
+    "given_prompts": (dict, type(None)),
 }
 
 
@@ -120,10 +122,25 @@ def validate_record(record: Any, where: str) -> Sample:
     answer = record["answer_idx"]
     if answer is not None and not 0 <= answer < len(choices):
         raise _fail(where, f"field 'answer_idx' is {answer}, out of range for {len(choices)} choices")
+    _check_given_prompts(record.get("given_prompts"), where)
     start, end = record.get("start"), record.get("end")
     if start is not None and end is not None and end < start:
         raise _fail(where, f"fields 'start'/'end' form an empty window ({start} > {end})")
     return Sample(**record)
+
+
+def _check_given_prompts(given: Any, where: str) -> None:
+    if given is None:
+        return
+    unknown = set(given) - {"event", "frame"}
+    if unknown or "event" not in given:
+        raise _fail(where, f"field 'given_prompts' must have an 'event' list (and optionally 'frame'), got keys {sorted(given)}")
+    for kind, texts in given.items():
+        if not isinstance(texts, list) or not texts or len(texts) > MAX_EVENTS:
+            raise _fail(where, f"field 'given_prompts.{kind}' must be a list of 1 to {MAX_EVENTS} strings")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or len(text) > LIMITS["question"]:
+                raise _fail(where, f"field 'given_prompts.{kind}[{i}]' must be a string of at most {LIMITS['question']} characters")
 
 
 def _check_sizes(record: dict, where: str) -> None:

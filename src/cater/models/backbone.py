@@ -1,19 +1,23 @@
-"""The frozen open_clip dual encoder, exposing token-level features.
+"""The frozen CLIP dual encoder (open_clip, or a local HF transformers `CLIPModel`), exposing token-level features.
 
-`frame_features` gives, per image, the projected CLS vector (identical to `encode_image`) and the
-projected patch tokens; `text_features` gives, per string, the projected pooled vector (identical
-to `encode_text`) and the projected features of every token up to and including end-of-text.
+`frame_features` gives, per image, the projected CLS vector (identical to `encode_image` /
+`get_image_features`) and the projected patch tokens; `text_features` gives, per string, the projected
+pooled vector (identical to `encode_text` / `get_text_features`) and the projected features of every
+token up to and including end-of-text. `load_backbone` picks the class by `BackboneSpec.library`.
 Model configs shipped with the repo (e.g. `cater-tiny`) live in `model_configs/` and are
 registered with open_clip, so `create_model` builds them like any built-in architecture.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cater.choices import BACKBONE_LIBRARIES
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 
@@ -27,9 +31,32 @@ def register_model_configs() -> None:
 
 @dataclass
 class BackboneSpec:
-    name: str = "cater-tiny"  # an open_clip architecture, e.g. ViT-B-16
-    pretrained: str | None = None  # None = random init from `seed`; "openai"; or a local checkpoint path
+    name: str = "cater-tiny"  # an open_clip architecture, e.g. ViT-B-16 (informational for transformers)
+    pretrained: str | None = None  # None = random init from `seed`; "openai"; a local checkpoint path (transformers: a directory)
     seed: int = 0
+    library: str = "open_clip"  # one of BACKBONE_LIBRARIES
+
+
+def load_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> "FrozenBackbone | FrozenHFCLIP":
+    """The frozen backbone class for `spec.library`."""
+    classes = {"open_clip": FrozenBackbone, "transformers": FrozenHFCLIP}
+    if spec.library not in classes:
+        raise ValueError(f"unknown backbone library {spec.library!r} (expected one of {', '.join(BACKBONE_LIBRARIES)})")
+    return classes[spec.library](spec, device=device)
+
+
+def preprocess_frames(frames, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> normalized float [B, 3, S, S]: short side resized to S (bicubic, antialias), centre crop."""
+    x = torch.as_tensor(frames, device=mean.device).permute(0, 3, 1, 2).float() / 255.0
+    h, w = x.shape[-2:]
+    s = size
+    if min(h, w) != s:
+        scale = s / min(h, w)
+        x = F.interpolate(x, size=(max(s, round(h * scale)), max(s, round(w * scale))), mode="bicubic", antialias=True, align_corners=False)
+    h, w = x.shape[-2:]
+    top, left = (h - s) // 2, (w - s) // 2
+    x = x[..., top : top + s, left : left + s]
+    return (x - mean) / std
 
 
 class FrozenBackbone(torch.nn.Module):
@@ -73,16 +100,7 @@ class FrozenBackbone(torch.nn.Module):
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> normalized float [B, 3, S, S]: short side resized to S, centre crop."""
-        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float() / 255.0
-        h, w = x.shape[-2:]
-        s = self.image_size
-        if min(h, w) != s:
-            scale = s / min(h, w)
-            x = F.interpolate(x, size=(max(s, round(h * scale)), max(s, round(w * scale))), mode="bicubic", antialias=True, align_corners=False)
-        h, w = x.shape[-2:]
-        top, left = (h - s) // 2, (w - s) // 2
-        x = x[..., top : top + s, left : left + s]
-        return (x - self.mean) / self.std
+        return preprocess_frames(frames, self.image_size, self.mean, self.std)
 
     @torch.no_grad()
     def frame_features(self, frames) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,5 +138,84 @@ class FrozenBackbone(torch.nn.Module):
         x = model.transformer(x, attn_mask=model.attn_mask)
         x = model.ln_final(x) @ model.text_projection
         eot = ids.argmax(dim=-1)  # CLIP's end-of-text token has the largest id
+        pooled = x[torch.arange(len(texts), device=x.device), eot]
+        return pooled, x, eot + 1
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class FrozenHFCLIP(torch.nn.Module):
+    """A transformers `CLIPModel` from a local directory (`spec.pretrained`); the same interface as `FrozenBackbone`."""
+
+    def __init__(self, spec: BackboneSpec, device: str | torch.device = "cpu"):
+        super().__init__()
+        import transformers
+
+        path = Path(spec.pretrained) if spec.pretrained else None
+        if path is None or not path.is_dir():
+            raise FileNotFoundError(f"features.pretrained {spec.pretrained!r} is not a directory: the transformers backbone "
+                                    f"loads a CLIPModel checkpoint (config.json, weights, tokenizer) from disk, never from the hub")
+        self.model = transformers.CLIPModel.from_pretrained(path, local_files_only=True)
+        self.model.eval().requires_grad_(False)
+        tokenizer = getattr(transformers, "CLIPTokenizerFast", None) or transformers.CLIPTokenizer  # v5: one class
+        self.tokenizer = tokenizer.from_pretrained(path, local_files_only=True)
+        self.spec = spec
+        self.image_size = int(self.model.config.vision_config.image_size)
+        processor = path / "preprocessor_config.json"
+        cfg = json.loads(processor.read_text()) if processor.is_file() else {}
+        mean, std = cfg.get("image_mean", OPENAI_MEAN), cfg.get("image_std", OPENAI_STD)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.to(device)
+
+    def architecture(self) -> dict:
+        """The checkpoint's CLIPConfig (a cache key: a changed config is a new model)."""
+        return self.model.config.to_dict()
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> normalized float [B, 3, S, S]: short side resized to S, centre crop."""
+        return preprocess_frames(frames, self.image_size, self.mean, self.std)
+
+    @torch.no_grad()
+    def frame_features(self, frames) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cls [B, D], patches [B, P, D]): every token through post_layernorm and visual_projection; cls equals
+        get_image_features."""
+        vision = self.model.vision_model
+        hidden = vision(pixel_values=self.preprocess(frames)).last_hidden_state
+        tokens = self.model.visual_projection(vision.post_layernorm(hidden))
+        return tokens[:, 0], tokens[:, 1:]
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Each text's length in tokens, start and end of text included, before any truncation."""
+        return [len(ids) for ids in self.tokenizer(list(texts), verbose=False)["input_ids"]]
+
+    def end_of_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """The end-of-text position of each row, found as CLIPTextModel finds it for pooling."""
+        eos = self.model.config.text_config.eos_token_id
+        if eos == 2:  # configs written before transformers fixed eos_token_id: the largest id is end-of-text
+            return ids.argmax(dim=-1)
+        return (ids == eos).int().argmax(dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pooled [S, D], tokens [S, L, D], lengths [S]); pooled equals get_text_features."""
+        ids = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.context_length,
+                             return_tensors="pt")["input_ids"].to(self.device)
+        x = self.model.text_projection(self.model.text_model(input_ids=ids).last_hidden_state)
+        eot = self.end_of_text(ids)
         pooled = x[torch.arange(len(texts), device=x.device), eot]
         return pooled, x, eot + 1

@@ -24,6 +24,7 @@ class PromptRequest:
     frame_times: list[float]  # seconds, one per frame
     questions: list[str] = field(default_factory=list)  # question context only; no answers, no choices
     events: list[dict[str, Any]] | None = None  # ground-truth events; only the offline `annotations` backend reads them
+    given_prompts: dict[str, list[str]] | None = None  # prompts shipped with the data; only the `given` backend reads them
 
 
 @dataclass

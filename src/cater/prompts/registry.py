@@ -6,7 +6,7 @@ from typing import Any
 
 from cater.prompts.base import PromptBackend
 
-BACKENDS = ("annotations", "openai", "hf")
+BACKENDS = ("annotations", "openai", "hf", "given")
 
 # Settings that change how requests are sent, never what comes back: they do not enter the
 # config hash of the finished rows, so changing them does not redo (or re-ask) anything.
@@ -39,6 +39,10 @@ def make_backend(generator: str, cfg: dict[str, Any], cache_dir: Path) -> Prompt
             from cater.prompts.hf_backend import HFBackend
 
             return HFBackend(cache_dir=cache_dir, **options)
+        if backend == "given":
+            from cater.prompts.given import GivenBackend
+
+            return GivenBackend(**options)
     except TypeError as exc:  # an unknown or missing option
         raise ValueError(f"params.yaml: prompts.generators.{generator}: {exc}") from None
     except ValueError as exc:

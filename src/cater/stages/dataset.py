@@ -20,7 +20,7 @@ from cater.io import atomic_write_text
 SAMPLES = Path("data/samples.jsonl")
 VIDEOS = Path("data/videos")
 RAW = Path("data/raw")
-PATH_KEYS = ("annotations", "videos", "frames_dir", "subtitles", "video_mapping")  # dataset params that name files
+PATH_KEYS = ("annotations", "videos", "frames_dir", "subtitles", "video_mapping", "frames_root")  # dataset params that name files
 
 
 def check_declared_paths(cfg: dict, name: str, source: str = "params.yaml") -> None:
@@ -68,6 +68,11 @@ def run(params, args) -> None:
         cfg.pop("shapes", None)  # the demo generator's block may stay in params.yaml
         check_declared_paths(cfg, name)
         samples = ADAPTERS[name]({**cfg, "name": name})
+        from cater.data.adapters import adapter_stats
+
+        stats = {k: v for k, v in adapter_stats(name).items() if k != "dataset" and not isinstance(v, (dict, list))}
+        if stats:
+            print(f"dataset {name}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
         atomic_write_text(VIDEOS / "SOURCE.txt", f"{name}: videos are read in place from {RAW / name}/, as named in data/samples.jsonl\n")
     write_samples(SAMPLES, samples)
     counts = {split: sum(s.split == split for s in samples) for split in ("train", "val", "test")}

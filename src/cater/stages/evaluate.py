@@ -1,5 +1,10 @@
 """Stage `eval`: the student on the val and test splits -> metrics/eval.json and plots/ (per type, confusion).
 
+`cater eval --checkpoint PATH --split-file PATH [--out PATH]` evaluates any student checkpoint (an experiment's,
+a colleague's) on any split file in the samples schema instead, with the checkpoint's own train config (prompt
+variant, generator, choice text); it prints the same block and writes only `--out`, never the stage's outputs. The
+split's questions must be in the feature store (the student reads cached features).
+
 Every accuracy comes with a 95% bootstrap CI that resamples videos (questions about one video are
 correlated) and sits beside the trivial baselines fit on the train split (`cater.metrics`):
 `majority_letter` and `majority_answer_per_type`, each with its own CI, overall and per type.
@@ -32,7 +37,46 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
             writer.writerows(rows)
 
 
+def evaluate_file(checkpoint_path: Path, split_file: Path, out: Path | None) -> dict:
+    """One checkpoint on one split file, with the checkpoint's own train config; metrics as the stage computes them."""
+    from cater.features import CachedFeatures
+    from cater.stages.train import FEATURES
+    from cater.train import FeatureBatcher, SplitTensors, TrainConfig, derangement
+
+    student, checkpoint = load_student(checkpoint_path)
+    cfg = TrainConfig(**checkpoint["train_config"])
+    features = CachedFeatures(FEATURES)
+    samples = read_samples(split_file)
+    if not samples:
+        raise ValueError(f"{split_file}: no questions")
+    missing = [s.id for s in samples if s.id not in features.index["samples"] or s.video_id not in features.video_row]
+    if missing:
+        raise ValueError(f"{split_file}: {len(missing)} of {len(samples)} questions are not in {FEATURES} (first: {missing[0]}); "
+                         "the student reads cached features, so the questions must come from the pipeline's dataset "
+                         "(add them to the dataset and run dvc repro features)")
+    random_map = derangement(sorted({s.video_id for s in samples}), cfg.seed) if cfg.prompt_variant == "random" else None
+    split = SplitTensors(samples, features, cfg, None, random_map)
+    logits = predict(student, FeatureBatcher(features), split, batch_size=cfg.batch_size)
+    train = read_samples(SPLITS_DIR / "train.jsonl")  # the baselines are fit on the train split, as in the stage
+    block = split_metrics(logits.argmax(1).numpy(), split.labels.numpy(), [s.choices for s in samples], split.question_types,
+                          split.video_ids, [s.answer_idx for s in train], [s.choices for s in train],
+                          [s.question_type for s in train])
+    result = {"checkpoint": str(checkpoint_path), "split_file": str(split_file), "best_epoch": checkpoint["best_epoch"],
+              "metrics": block}
+    if out is not None:
+        atomic_write_json(out, result)
+    print(f"{checkpoint_path} on {split_file}:")
+    print("\n".join(format_split(split_file.stem, block)))
+    return result
+
+
 def run(params, args) -> None:
+    if args.checkpoint or args.split_file:
+        evaluate_file(Path(args.checkpoint or CHECKPOINT), Path(args.split_file or SPLITS_DIR / "test.jsonl"),
+                      Path(args.out) if args.out else None)
+        return
+    if args.out:
+        raise ValueError("--out is for --checkpoint / --split-file evaluations; the stage writes metrics/eval.json")
     cfg, features, tensors, batcher = prepare(params)
     student, checkpoint = load_student(CHECKPOINT)
     samples = {name: read_samples(SPLITS_DIR / f"{name}.jsonl") for name in ("train", *EVAL_SPLITS)}
@@ -101,7 +145,12 @@ def format_metrics(metrics: dict) -> str:
 def main(argv=None) -> int:
     from cater.stages.common import stage_main
 
-    return stage_main(__doc__, run, argv=argv, sections=('train', 'teacher', 'prompts'))
+    def arguments(parser):
+        parser.add_argument("--checkpoint", help="a student checkpoint to evaluate (default: the stage's)")
+        parser.add_argument("--split-file", help="a split file in the samples schema (default: data/splits/test.jsonl)")
+        parser.add_argument("--out", help="write the metrics of a --checkpoint / --split-file evaluation here (JSON)")
+
+    return stage_main(__doc__, run, arguments, argv=argv, sections=('train', 'teacher', 'prompts'))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage `features`: the frozen open_clip backbone over every frame and every text, once, in fp16.
+"""Stage `features`: the frozen CLIP backbone (open_clip or transformers) over every frame and every text, once, in fp16.
 
 Every prompt generator's and variant's strings are embedded here, so queued experiments that switch
 prompt variants or generators never re-run this stage. Finished videos and text chunks are kept in
@@ -18,7 +18,7 @@ from cater.data.schema import SPLITS, read_samples
 from cater.features import FeatureStoreWriter, event_text_per_frame, qa_string
 from cater.io import (atomic_path, atomic_write_json, checkpoint_fingerprint, discard_corrupt, npy_problem, npz_problem,
                       read_jsonl, stable_hash)
-from cater.models.backbone import BackboneSpec, FrozenBackbone
+from cater.models.backbone import BackboneSpec, load_backbone
 
 SPLITS_DIR = Path("data/splits")
 FRAMES = Path("data/frames")
@@ -122,7 +122,7 @@ def check_text_lengths(backbone, pooled: list[str], prompt: list[str], per_sampl
 
 
 def cache_key(spec: BackboneSpec, architecture: dict, frame_size: int, num_frames: int) -> str:
-    """Cached features are reused only for the same backbone: its name, seed, open_clip config and weights."""
+    """Cached features are reused only for the same backbone: its library, name, seed, config and weights."""
     return stable_hash({"backbone": spec.__dict__, "architecture": architecture, "frames": frame_size, "num_frames": num_frames,
                         "weights": checkpoint_fingerprint(spec.pretrained) if spec.pretrained and spec.pretrained != "openai" else None})
 
@@ -135,9 +135,9 @@ def run(params, args) -> None:
     # the generators params declare (a removed generator's old file may still lie in data/prompts)
     prompt_files = {name: PROMPTS / f"{name}.jsonl" for name in sorted(params["prompts"]["generators"])}
     pooled_strings, prompt_strings, per_sample, prompts = collect_strings(samples, prompt_files, num_frames)
-    spec = BackboneSpec(cfg["backbone"], cfg["pretrained"], cfg["seed"])
+    spec = BackboneSpec(cfg["backbone"], cfg["pretrained"], cfg["seed"], cfg.get("library", "open_clip"))
     device = "cuda" if cfg["device"] == "auto" and torch.cuda.is_available() else ("cpu" if cfg["device"] == "auto" else cfg["device"])
-    backbone = FrozenBackbone(spec, device=device)
+    backbone = load_backbone(spec, device=device)
     prompt_lengths = check_text_lengths(backbone, pooled_strings, prompt_strings, per_sample, prompts,
                                         truncate=cfg.get("truncate_text", False))
     cache = CACHE / cache_key(spec, backbone.architecture(), params["frames"]["size"], num_frames)

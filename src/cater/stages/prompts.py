@@ -37,7 +37,10 @@ CACHE = Path("data/.cache/prompts")
 def request_digest(group, frames: FrameStore) -> str:
     """What a video's prompts depend on: its frames, their times, its questions and events."""
     video_id = group[0].video_id
-    return stable_hash([frames.digest(video_id), frames.times(video_id), sorted({s.question for s in group}), group[0].events])
+    parts = [frames.digest(video_id), frames.times(video_id), sorted({s.question for s in group}), group[0].events]
+    if group[0].given_prompts is not None:
+        parts.append(group[0].given_prompts)
+    return stable_hash(parts)
 
 
 def build_requests(samples, frames: FrameStore, shapes_only: bool = False) -> list[PromptRequest]:
@@ -53,6 +56,7 @@ def build_requests(samples, frames: FrameStore, shapes_only: bool = False) -> li
                 frame_times=frames.times(video_id),
                 questions=sorted({s.question for s in group}),
                 events=group[0].events,
+                given_prompts=group[0].given_prompts,
             )
         )
     return requests
@@ -69,6 +73,11 @@ def run(params, args) -> None:
         raise ValueError(
             f"prompts[{name}]: the annotations backend reads ground-truth events, and these samples have no event "
             "annotations (only the shapes demo has them); use an openai or hf generator (README: Event prompts)"
+        )
+    if gen_cfg.get("backend") == "given" and not any(s.given_prompts for s in samples):
+        raise ValueError(
+            f"prompts[{name}]: the given backend reads the prompts shipped with the dataset (dataset.name: seed_jsonl "
+            "rows with event_prompts), and these samples have none; use an openai or hf generator"
         )
     frames = FrameStore(FRAMES)
     backend = make_backend(name, gen_cfg, CACHE / name / "responses")

@@ -27,7 +27,8 @@ def prepare(params) -> tuple[TrainConfig, CachedFeatures, dict, FeatureBatcher]:
     features = CachedFeatures(FEATURES)
     teacher = None
     if cfg.distill.mode != "none":
-        teacher = load_teacher_outputs(TEACHER_DIR / cfg.teacher / "outputs.jsonl", keep_hidden=cfg.distill.align_weight > 0)
+        teacher = load_teacher_outputs(TEACHER_DIR / cfg.teacher / "outputs.jsonl",
+                                       keep_hidden=cfg.distill.align_weight > 0 or cfg.distill.embed_weight > 0)
     splits = {name: read_samples(SPLITS_DIR / f"{name}.jsonl") for name in ("train", "val", "test")}
     random_map = None
     if cfg.prompt_variant == "random":
@@ -41,9 +42,9 @@ def prepare(params) -> tuple[TrainConfig, CachedFeatures, dict, FeatureBatcher]:
     backbone = frames = None
     if cfg.backbone_on_the_fly:
         from cater.data.frames import FrameStore
-        from cater.models.backbone import BackboneSpec, FrozenBackbone
+        from cater.models.backbone import BackboneSpec, load_backbone
 
-        backbone = FrozenBackbone(BackboneSpec(**features.index["backbone"]))
+        backbone = load_backbone(BackboneSpec(**features.index["backbone"]))  # a store without "library" is open_clip's
         frames = FrameStore(Path("data/frames"))
     return cfg, features, tensors, FeatureBatcher(features, backbone, frames)
 

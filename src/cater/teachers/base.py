@@ -37,6 +37,7 @@ class TeacherOutput:
     hard_idx: int | None
     hidden: np.ndarray | None  # float32 [hidden_size]
     missing_reason: str | None = None
+    choice_only: bool = False  # the teacher gave a choice, not a distribution (the logits only encode it)
 
     @property
     def missing(self) -> bool:

@@ -10,6 +10,7 @@ FAMILIES: dict[str, str] = {
     "videollava": "cater.teachers.videollava:VideoLlavaTeacher",
     "flamingo": "cater.teachers.flamingo:FlamingoTeacher",
     "chatunivi": "cater.teachers.chatunivi:ChatUniViTeacher",
+    "seed_jsonl": "cater.teachers.seed_jsonl:SeedJsonlTeacher",  # outputs shipped in the seed repository's JSONL
 }
 
 # (family, backend, folder name) of every tiny model `scripts/make_tiny_models.py` writes

@@ -25,6 +25,7 @@ from cater.io import RowStore, encode_array, stable_hash
 from cater.teachers.base import LETTERS, Teacher, TeacherError, TeacherInput, TeacherOutput
 
 ROW_FIELDS = ("key", "choice_logits", "hard_idx", "hidden", "missing_reason")
+OPTIONAL_ROW_FIELDS = ("choice_only",)  # present only when true (a teacher that gives a choice, not a distribution)
 
 
 def check_samples(samples: Iterable[Sample], frame_store: FrameStore, source: str = "samples") -> None:
@@ -70,13 +71,16 @@ def output_row(output: TeacherOutput) -> dict[str, Any]:
             hidden = np.asarray(output.hidden, dtype=np.float16)
         if not np.isfinite(hidden).all():
             return _missing_row(output.id, "hidden state overflows float16")
-    return {
+    row = {
         "key": output.id,
         "choice_logits": [canonical_float(x) for x in output.choice_logits],
         "hard_idx": int(output.hard_idx),
         "hidden": None if hidden is None else encode_array(hidden),
         "missing_reason": None,
     }
+    if output.choice_only:
+        row["choice_only"] = True
+    return row
 
 
 def _missing_row(key: str, reason: str) -> dict[str, Any]:
@@ -162,5 +166,5 @@ def assemble(store: RowStore, samples: list[Sample], digests: dict[str, str]) ->
         row = rows.get(sample.id)
         if row is None:
             raise TeacherError(f"{store.directory}: no finished row for sample {sample.id!r} after scoring")
-        out.append({field: row[field] for field in ROW_FIELDS})
+        out.append({field: row[field] for field in (*ROW_FIELDS, *OPTIONAL_ROW_FIELDS) if field in row})
     return out

@@ -202,7 +202,22 @@ def test_dvc_repro_runs_a_seed_users_files_with_the_seed_recipe(tmp_path):
     assert summary["missing"] == 0 and summary["splits"]["test"]["accuracy"] == pytest.approx(7 / 10)  # wrong where (n + q) % 3 == 0: 15, 18, 18
     train_metrics = json.loads((root / "metrics/train/metrics.json").read_text())
     assert train_metrics["loss"]["embed"] > 0 and train_metrics["loss"]["hard"] > 0
-    assert json.loads((root / "metrics/eval.json").read_text())["test"]["n"] == 10
+    stage_metrics = json.loads((root / "metrics/eval.json").read_text())["test"]
+    assert stage_metrics["n"] == 10
+    # any checkpoint on any split file: the stage's own checkpoint and test file give the stage's numbers
+    run(["cater", "eval", "--checkpoint", "models/student.safetensors", "--split-file", "data/splits/test.jsonl",
+         "--out", str(tmp_path / "again.json")], root)
+    again = json.loads((tmp_path / "again.json").read_text())["metrics"]
+    assert again == stage_metrics  # accuracy, CI, baselines, per type
+    lines = (root / "data/splits/test.jsonl").read_text().splitlines()
+    (tmp_path / "subset.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    subset = run(["cater", "eval", "--checkpoint", "models/student.safetensors", "--split-file", str(tmp_path / "subset.jsonl"),
+                  "--out", str(tmp_path / "subset.json")], root)
+    assert json.loads((tmp_path / "subset.json").read_text())["metrics"]["n"] == 4 and "on 4 questions" in subset.stdout
+    foreign = json.loads(lines[0]) | {"id": "test-999"}
+    (tmp_path / "foreign.jsonl").write_text(json.dumps(foreign) + "\n")
+    refused = run(["cater", "eval", "--split-file", str(tmp_path / "foreign.jsonl")], root, check=False)
+    assert refused.returncode == 1 and "1 of 1 questions are not in data/features (first: test-999)" in refused.stderr
     set_params(root / "params.yaml", {"train.distill": {"mode": "hybrid"}})
     failed = run(["dvc", "repro", "train"], root, check=False)
     assert failed.returncode != 0 and "the teacher gives only its choice" in failed.stdout + failed.stderr

@@ -399,3 +399,21 @@ def test_bad_config(layouts):
         load(layouts["msrvtt_qa"], videos="/nonexistent/v")
     # keys of another adapter are tolerated, so one params section can switch datasets
     assert load(layouts["msrvtt_qa"], use_ts=True, subtitles=None) == load(layouts["msrvtt_qa"])
+
+
+def test_min_answer_freq_keeps_rare_answers_out_of_the_distractors(layouts):
+    pools = AnswerPools([(a, "what") for a in ["dog"] * 5 + ["cat"] * 5 + ["car"] * 2 + ["ball"]], min_answer_freq=5)
+    assert pools.overall.keys == ["cat", "dog"] and pools.pool("what").keys == ["cat", "dog"] and pools.dropped_rare == 2
+    assert AnswerPools([("dog", "what"), ("cat", "what")], min_answer_freq=9).overall.keys == ["cat", "dog"]  # none reach it
+    cfg = layouts["msrvtt_qa"]
+    answers = raw_answers(cfg)
+    counts = Counter(answers[s.id].strip().lower() for s in load(cfg) if s.split == "train")
+    samples = load(cfg, min_answer_freq=2)
+    rare = {a for a, n in counts.items() if n < 2} - {"yes", "no"}
+    assert rare and adapter_stats("msrvtt_qa")["rare_answers_not_distractors"] == len(rare)
+    for sample in samples:
+        distractors = {c.lower() for c in sample.choices} - {answers[sample.id].lower()}
+        assert not distractors & rare, (sample.id, sample.choices)
+    assert any(answers[s.id].lower() in rare for s in samples)  # a rare answer is still a correct answer
+    with pytest.raises(AdapterError, match="min_answer_freq"):
+        load(cfg, min_answer_freq=0)

@@ -198,3 +198,37 @@ def test_remote_code_runs_when_the_generator_turns_it_on(remote_code_model, tmp_
 def test_trust_remote_code_must_be_a_boolean(tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code must be true or false"):
         HFBackend(model="x", cache_dir=tmp_path, trust_remote_code="yes")
+
+
+def test_summary_field_events_rewrites_the_event_prompts_per_frame(models, tmp_path):
+    source = tmp_path / "given.jsonl"
+    source.write_text(json.dumps({"video_id": "v0", "frames": ["F one", "F two"],
+                                  "events": [{"text": "EV first.", "start_frame": 0, "end_frame": 0},
+                                             {"text": "EV second.", "start_frame": 1, "end_frame": 1}]}) + "\n")
+    backend = HFBackend(model=str(models["list"]), cache_dir=tmp_path / "c", summary_from=str(source), summary_field="events")
+    user = backend.messages(red_square_request())[1]["content"]
+    assert "1. EV first." in user and "2. EV second." in user and "F one" not in user
+    with pytest.raises(ValueError, match="summary_field must be one of"):
+        HFBackend(model="x", cache_dir=tmp_path, summary_from=str(source), summary_field="event_prompts")
+    with pytest.raises(ValueError, match="set summary_from too"):
+        HFBackend(model="x", cache_dir=tmp_path, summary_field="events")
+
+
+def test_sampling_is_seeded_per_prompt_and_cached_apart_from_greedy(models, tmp_path):
+    def texts(seed, cache, order=(0, 1)):
+        backend = HFBackend(model=str(models["random"]), cache_dir=tmp_path / cache, max_new_tokens=16, temperature=1.5,
+                            seed=seed)
+        results = backend.generate([red_square_request(f"v{i}") if i else red_square_request() for i in order])
+        return [str(r) for r in results], backend
+
+    first, _ = texts(0, "a")
+    again, _ = texts(0, "b", order=(1, 0))  # a fresh cache, the other order: the same samples
+    assert first == again[::-1]
+    other, _ = texts(1, "c")
+    assert other != first  # another seed samples other text
+    greedy = HFBackend(model=str(models["random"]), cache_dir=tmp_path / "a", max_new_tokens=16)
+    greedy.generate([red_square_request()])
+    assert greedy.generations == 1  # a sampled answer is never served for a greedy request
+    for bad in ({"temperature": -1}, {"temperature": True}, {"seed": "0"}):
+        with pytest.raises(ValueError, match="temperature|seed"):
+            HFBackend(model="x", cache_dir=tmp_path, **bad)

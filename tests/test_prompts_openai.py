@@ -258,3 +258,24 @@ def test_keys_are_redacted_from_error_reasons(server, tmp_path):
     [failed] = backend(server, tmp_path).generate(requests_for(1))
     assert "HTTP 401 AuthenticationError" in str(failed) and SERVER_KEY not in str(failed) and KEY not in str(failed)
     assert len(server.requests) == 1  # 401 is not retried
+
+
+def test_jpeg_quality_sets_the_encoded_quality_and_is_checked(server, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from cater.prompts.openai_backend import encode_image
+
+    request = requests_for(1, size=(48, 64))[0]
+    frame = request.frames[0]
+    urls = {q: encode_image(frame, 64, "jpeg", q) for q in (20, 95)}
+    decoded = {q: np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))), dtype=float) for q, u in urls.items()}
+    error = {q: np.abs(d - frame).mean() for q, d in decoded.items()}
+    assert error[95] < error[20] and len(urls[20]) < len(urls[95])
+    payload = json.dumps(backend(server, tmp_path, jpeg_quality=20, image_size=64).payload(request), default=str)
+    assert urls[20] in payload and urls[95] not in payload  # the request carries the chosen quality
+    for bad in (0, 101, 7.5, True):
+        with pytest.raises(ValueError, match="jpeg_quality must be an integer in 1..100"):
+            backend(server, tmp_path, jpeg_quality=bad)

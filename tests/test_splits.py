@@ -50,3 +50,26 @@ def test_n_at_least_len_or_none_returns_all():
 def test_non_positive_n_is_an_error():
     with pytest.raises(ValueError, match="must be positive"):
         stratified_subset(pool({"a": 3}), 0, seed=0)
+
+
+def test_first_subset_keeps_file_order_as_the_seed_caps_do():
+    from cater.data.splits import subset
+
+    samples = pool(COUNTS)[::-1]  # file order, not id order
+    first = subset(samples, 7, seed=0, mode="first")
+    assert first == samples[:7]
+    assert subset(samples, None, seed=0, mode="first") == samples
+    assert subset(samples, 7, seed=0) == stratified_subset(samples, 7, seed=0)
+    with pytest.raises(ValueError, match="subset must be stratified or first"):
+        subset(samples, 7, seed=0, mode="random")
+    with pytest.raises(ValueError, match="positive"):
+        subset(samples, 0, seed=0, mode="first")
+
+
+def test_params_accept_the_subset_modes():
+    from cater.config import ConfigError
+    from cater.params_schema import validate
+
+    validate({"splits": {"subset": "first", "train_n": 5}}, "p.yaml", required=())
+    with pytest.raises(ConfigError, match="splits.subset is 'head', expected one of stratified, first"):
+        validate({"splits": {"subset": "head"}}, "p.yaml", required=())

@@ -15,3 +15,4 @@ FRAME_POOLS = ("tokens", "cls", "patches", "attention")  # tokens: mean over CLS
 TEMPORAL_HEADS = ("norm_mean", "residual")  # norm_mean: mean(LayerNorm(temporal)) (seed) | residual: mean(frames) + zero-init linear
 FRAME_CODECS = ("png", "jpeg", "npy")  # frames.codec
 BACKBONE_LIBRARIES = ("open_clip", "transformers")  # features.library: open_clip (default) | transformers (a local CLIPModel directory)
+SPLIT_SUBSETS = ("stratified", "first")  # splits.subset

@@ -36,19 +36,9 @@ import numpy as np
 import torch
 
 FORMAT = 2
-NO_EVENT = "Nothing new happens."
 ROWS_PER_SHARD = {"video": 64, "pooled": 65536, "prompt_tokens": 4096, "prompt_lengths": 1 << 20}
 MAX_OPEN_SHARDS = 32  # per tensor and reader
 _DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
-
-
-def event_text_per_frame(events: list[dict], num_frames: int) -> list[str]:
-    """The event sentences covering each frame, joined; frames outside every event get NO_EVENT."""
-    texts = []
-    for f in range(num_frames):
-        covering = [e["text"] for e in events if e["start_frame"] <= f <= e["end_frame"]]
-        texts.append(" ".join(covering) if covering else NO_EVENT)
-    return texts
 
 
 def qa_string(question: str, choice: str) -> str:

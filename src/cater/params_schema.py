@@ -10,7 +10,7 @@ from typing import Any
 from cater.config import ConfigError
 from cater.io import safe_name
 from cater.choices import (BACKBONE_LIBRARIES, CHOICE_TEXTS, DISTILL_MODES, FRAME_CODECS, FRAME_POOLS, FUSIONS, LR_SCHEDULES,
-                           MIXED_PRECISION, PROMPT_VARIANTS, TEMPORAL_HEADS)
+                           MIXED_PRECISION, PROMPT_VARIANTS, SPLIT_SUBSETS, TEMPORAL_HEADS)
 
 NUM = (int, float)
 OPT_INT = (int, type(None))
@@ -33,9 +33,10 @@ SCHEMA: dict[str, Any] = {
         "frames_dir": OPT_STR,
         "video_mapping": OPT_STR,
         "frames_root": OPT_STR,
+        "min_answer_freq": int,
     },
     "frames": {"num_frames": int, "size": int, "workers": int, "skip_bad": bool, "codec": str, "quality": int},
-    "splits": {"train_n": OPT_INT, "val_n": OPT_INT, "test_n": OPT_INT, "seed": int},
+    "splits": {"train_n": OPT_INT, "val_n": OPT_INT, "test_n": OPT_INT, "seed": int, "subset": str},
     "prompts": {"batch_size": int, "max_failures": int, "generators": ANY_MAPPING},
     "teacher": {"batch_size": int, "models": ANY_MAPPING},
     "features": {"backbone": str, "pretrained": OPT_STR, "seed": int, "device": str, "batch_size": int, "text_chunk": int,
@@ -71,6 +72,7 @@ CHOICES = {
     ("train", "distill", "mode"): DISTILL_MODES,
     ("train", "choice_text"): CHOICE_TEXTS,
     ("train", "lr_schedule"): LR_SCHEDULES,
+    ("splits", "subset"): SPLIT_SUBSETS,
     ("train", "student", "fusion"): FUSIONS,
     ("train", "student", "frame_pool"): FRAME_POOLS,
     ("train", "student", "temporal_head"): TEMPORAL_HEADS,

@@ -64,8 +64,8 @@ TYPE_NAMES = {
     7: "number",
     8: "other",
 }
-DEFAULTS = {"splits": list(SPLITS), "num_choices": 5, "seed": 0, "check_videos": True, "videos": None}
-KEYS = COMMON_KEYS | {"num_choices", "seed"}
+DEFAULTS = {"splits": list(SPLITS), "num_choices": 5, "seed": 0, "check_videos": True, "videos": None, "min_answer_freq": 1}
+KEYS = COMMON_KEYS | {"num_choices", "seed", "min_answer_freq"}
 Q_FIELDS = {"video_name": str, "question": str, "question_id": str}
 A_FIELDS = {"answer": str, "type": int, "question_id": str}
 
@@ -120,7 +120,8 @@ def load(cfg: dict) -> list[Sample]:
     check_video_dirs(videos, "videos", DATASET, opts["check_videos"])
 
     loaded = {split: read_split(folder, split) for split in dict.fromkeys(["train", *splits])}
-    pools = AnswerPools((r["answer"], r["type_name"]) for r in loaded["train"])
+    min_freq = check_positive_int(opts["min_answer_freq"], "min_answer_freq", DATASET, 1)
+    pools = AnswerPools(((r["answer"], r["type_name"]) for r in loaded["train"]), min_freq)
     prefer_prefixed = _mostly_prefixed(videos)
 
     questions: list[OpenQA] = []
@@ -146,7 +147,7 @@ def load(cfg: dict) -> list[Sample]:
             )
     samples, stats = to_samples(questions, pools, num_choices, seed)
     per_split = {s: {"questions": len(loaded[s]), "videos": len({r["video_name"] for r in loaded[s]})} for s in splits}
-    last_stats = {"dataset": DATASET, "samples": len(samples), "per_split": per_split, **stats}
+    last_stats = {"dataset": DATASET, "samples": len(samples), "per_split": per_split, "rare_answers_not_distractors": pools.dropped_rare, **stats}
     return samples
 
 

@@ -34,7 +34,8 @@ FRAME_EXTS = (".jpg", ".jpeg", ".png")
 
 COMMON_KEYS = {"name", "annotations", "videos", "splits", "check_videos"}
 # every key some adapter understands; the per-adapter sets are declared in the modules
-ALL_KEYS = COMMON_KEYS | {"num_choices", "seed", "video_mapping", "use_ts", "subtitles", "frames_dir", "frames_root"}
+ALL_KEYS = COMMON_KEYS | {"num_choices", "seed", "video_mapping", "use_ts", "subtitles", "frames_dir", "frames_root",
+                          "min_answer_freq"}
 
 
 class AdapterError(ValueError):

@@ -25,6 +25,7 @@ Config keys (the `dataset` section; see also `cater.data.adapters`):
     splits: [train, val, test]                              (default: all)
     num_choices: 5                                          (options per question; yes/no get 2)
     seed: 0                                                 (distractors and answer position)
+    min_answer_freq: 1                                      (distractors only from train answers seen this often; seed: 5)
     check_videos: true                                      (missing video -> error)
     video_mapping: <annotations>/youtube_mapping.txt        (msvd_qa only; used when present)
 
@@ -54,8 +55,8 @@ from cater.data.schema import Sample
 
 SPLITS = ("train", "val", "test")
 QUESTION_WORDS = ("what", "who", "how", "when", "where")
-DEFAULTS = {"splits": list(SPLITS), "num_choices": 5, "seed": 0, "check_videos": True, "videos": None}
-KEYS = COMMON_KEYS | {"num_choices", "seed"}
+DEFAULTS = {"splits": list(SPLITS), "num_choices": 5, "seed": 0, "check_videos": True, "videos": None, "min_answer_freq": 1}
+KEYS = COMMON_KEYS | {"num_choices", "seed", "min_answer_freq"}
 MSVD_KEYS = KEYS | {"video_mapping"}
 
 FIELDS: dict[str, dict[str, Any]] = {
@@ -103,7 +104,8 @@ def _load(cfg: dict, dataset: str) -> list[Sample]:
 
     files = {split: folder / f"{split}_qa.json" for split in SPLITS}
     loaded = {split: read_split(files[split], dataset) for split in dict.fromkeys(["train", *splits])}
-    pools = AnswerPools((r["answer"], question_type(r["question"])) for r in loaded["train"])
+    min_freq = check_positive_int(opts["min_answer_freq"], "min_answer_freq", dataset, 1)
+    pools = AnswerPools(((r["answer"], question_type(r["question"])) for r in loaded["train"]), min_freq)
 
     questions: list[OpenQA] = []
     seen: dict[str, str] = {}
@@ -128,7 +130,7 @@ def _load(cfg: dict, dataset: str) -> list[Sample]:
                 )
             )
     samples, stats = to_samples(questions, pools, num_choices, seed)
-    last_stats = {"dataset": dataset, "samples": len(samples), "per_split": {s: len(loaded[s]) for s in splits}, **stats}
+    last_stats = {"dataset": dataset, "samples": len(samples), "per_split": {s: len(loaded[s]) for s in splits}, "rare_answers_not_distractors": pools.dropped_rare, **stats}
     return samples
 
 

@@ -14,7 +14,9 @@ Rules:
 - Never a duplicate of the correct answer or of another distractor (compared after lower-casing
   and collapsing whitespace).
 - Distractors are drawn in proportion to their train frequency (common answers are plausible;
-  one-off typos rarely appear), without replacement.
+  one-off typos rarely appear), without replacement. With `min_answer_freq` k > 1 (the seed
+  repository's `--min_answer_freq`, 5 there), answers seen fewer than k times in train never serve as
+  distractors (they can still be a question's correct answer); if no answer is that frequent, all are kept.
 - Deterministic: each question has its own RNG seeded by (`seed`, sample id), so the options do
   not depend on file order or on which other questions are loaded. The correct answer's position
   is drawn from the same RNG.
@@ -64,7 +66,7 @@ class AnswerPool:
 class AnswerPools:
     """Train answers grouped by pool key, plus one pool of all open (non yes/no) answers."""
 
-    def __init__(self, pairs: Iterable[tuple[str, str]]):
+    def __init__(self, pairs: Iterable[tuple[str, str]], min_answer_freq: int = 1):
         by_key: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
         overall: dict[str, Counter] = defaultdict(Counter)
         for answer, pool_key in pairs:
@@ -74,8 +76,13 @@ class AnswerPools:
                 continue
             by_key[pool_key][key][text] += 1
             overall[key][text] += 1
-        self.by_key = {k: AnswerPool.from_counts(v) for k, v in by_key.items()}
-        self.overall = AnswerPool.from_counts(overall)
+        frequent = {key for key, spellings in overall.items() if sum(spellings.values()) >= min_answer_freq}
+        if not frequent:  # as the seed: a threshold no answer reaches keeps them all
+            frequent = set(overall)
+        self.dropped_rare = len(overall) - len(frequent)  # distinct answers too rare to be distractors
+        keep = lambda counts: {key: c for key, c in counts.items() if key in frequent}  # noqa: E731
+        self.by_key = {k: AnswerPool.from_counts(keep(v)) for k, v in by_key.items()}
+        self.overall = AnswerPool.from_counts(keep(overall))
 
     def pool(self, pool_key: str) -> AnswerPool:
         return self.by_key.get(pool_key, AnswerPool([], [], []))

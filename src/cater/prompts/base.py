@@ -67,3 +67,15 @@ def spread_events(texts: list[str], num_frames: int) -> list[dict[str, Any]]:
         end = max(start, ((i + 1) * num_frames) // n - 1)
         events.append({"text": text, "start_frame": min(start, num_frames - 1), "end_frame": min(end, num_frames - 1)})
     return events
+
+
+NO_EVENT = "Nothing new happens."
+
+
+def event_text_per_frame(events: list[dict], num_frames: int) -> list[str]:
+    """The event sentences covering each frame, joined; frames outside every event get NO_EVENT."""
+    texts = []
+    for f in range(num_frames):
+        covering = [e["text"] for e in events if e["start_frame"] <= f <= e["end_frame"]]
+        texts.append(" ".join(covering) if covering else NO_EVENT)
+    return texts

@@ -93,7 +93,7 @@ INSTRUCTIONS = (
 )
 
 
-def encode_image(frame: np.ndarray, image_size: int, image_format: str = "jpeg") -> str:
+def encode_image(frame: np.ndarray, image_size: int, image_format: str = "jpeg", jpeg_quality: int = 90) -> str:
     """A data URL of one uint8 [H, W, 3] frame, downscaled so its longer side is <= image_size."""
     from PIL import Image
 
@@ -106,7 +106,7 @@ def encode_image(frame: np.ndarray, image_size: int, image_format: str = "jpeg")
     if image_format == "png":
         image.save(buffer, format="PNG")
     else:
-        image.save(buffer, format="JPEG", quality=90)
+        image.save(buffer, format="JPEG", quality=jpeg_quality)
     mime = "image/png" if image_format == "png" else "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
@@ -204,6 +204,7 @@ class OpenAIBackend(PromptBackend):
         concurrency: int = 4,
         image_size: int = 512,
         image_format: str = "jpeg",
+        jpeg_quality: int = 90,
         detail: str = "low",
         api_key_env: Any = _UNSET,
         temperature: float | None = 0.0,
@@ -219,6 +220,8 @@ class OpenAIBackend(PromptBackend):
             raise ValueError(f"detail must be one of {DETAILS}, got {detail!r}")
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be an integer in 1..100 (the seed's --openai_jpeg_quality: 75), got {jpeg_quality!r}")
         for key, value in (("concurrency", concurrency), ("image_size", image_size), ("max_output_tokens", max_output_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
@@ -233,6 +236,7 @@ class OpenAIBackend(PromptBackend):
         self.model, self.base_url, self.api = model, base_url, api
         self.timeout, self.max_retries, self.concurrency = float(timeout), max_retries, concurrency
         self.image_size, self.image_format, self.detail = image_size, image_format, detail
+        self.jpeg_quality = jpeg_quality
         self.api_key_env, self.temperature, self.max_output_tokens = api_key_env, temperature, max_output_tokens
         self.prices = (usd_per_1m_input_tokens, usd_per_1m_output_tokens)
         self.cache = ResponseCache(cache_dir)
@@ -245,7 +249,7 @@ class OpenAIBackend(PromptBackend):
 
     def payload(self, request: PromptRequest) -> dict[str, Any]:
         """The request body, exactly as sent (and hashed for the cache)."""
-        images = [encode_image(frame, self.image_size, self.image_format) for frame in request.frames]
+        images = [encode_image(frame, self.image_size, self.image_format, self.jpeg_quality) for frame in request.frames]
         if self.api == "responses":
             content: list[dict] = [{"type": "input_text", "text": user_text(request)}]
             for i, (url, t) in enumerate(zip(images, request.frame_times)):

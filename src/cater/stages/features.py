@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from cater.data.frames import FrameStore, frame_stem
 from cater.data.schema import SPLITS, read_samples
-from cater.features import FeatureStoreWriter, event_text_per_frame, qa_string
+from cater.features import FeatureStoreWriter, qa_string
+from cater.prompts.base import event_text_per_frame
 from cater.io import (atomic_path, atomic_write_json, checkpoint_fingerprint, discard_corrupt, npy_problem, npz_problem,
                       read_jsonl, stable_hash)
 from cater.models.backbone import BackboneSpec, load_backbone

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from cater.data.schema import SPLITS, read_samples, write_samples
-from cater.data.splits import stratified_subset
+from cater.data.splits import subset
 from cater.io import atomic_write_json
 
 SAMPLES = Path("data/samples.jsonl")
@@ -41,7 +41,8 @@ def run(params, args) -> None:
     dropped = len(samples) - len(kept)
     summary = {"dropped_without_frames": dropped}
     pools = {split: [s for s in kept if s.split == split] for split in SPLITS}
-    chosen_by_split = {split: stratified_subset(pools[split], cfg.get(f"{split}_n"), cfg["seed"]) for split in SPLITS}
+    mode = cfg.get("subset", "stratified")
+    chosen_by_split = {split: subset(pools[split], cfg.get(f"{split}_n"), cfg["seed"], mode) for split in SPLITS}
     check_usable(chosen_by_split, samples, dropped)
     OUT.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:

@@ -156,6 +156,19 @@ def test_report_markdown_and_charts(tmp_path):
         assert (tmp_path / f"reports/ablations/{group}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<script" not in text and "http" not in text  # plain markdown + PNG: renders offline
     assert "dvc exp show --only-changed" in text
+    # the per-row CSV beside it: the same numbers, unrounded, one line per row of every group
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "reports/ablations.csv").open()))
+    assert "[ablations.csv](ablations.csv)" in text
+    none = next(r for r in rows if r["group"] == "prompt" and r["value"] == "none")
+    assert (none["seeds"], none["failed"], none["ci_separates_from_reference"], none["test_n"]) == ("2", "1", "yes", "152")
+    assert float(none["mean"]) == pytest.approx(0.35) and float(none["std"]) == pytest.approx(0.0707107, rel=1e-5)
+    assert float(none["delta_vs_reference"]) == pytest.approx(-0.25) and float(none["ci95_low"]) == pytest.approx(0.28)
+    assert sorted(float(x.split(":")[1]) for x in none["per_seed"].split()) == pytest.approx([0.3, 0.4])
+    event = next(r for r in rows if r["group"] == "prompt" and r["value"] == "event")
+    assert event["reference"] == "True" and event["ci_separates_from_reference"] == "reference"
+    assert {"prompt", "distill", "teacher"} <= {r["group"] for r in rows}
 
 
 def test_generator_group_only_with_several_generators(tmp_path):

@@ -777,6 +777,32 @@ def render_table(table: Table, reference: "Row | float | None") -> str:
     return "\n".join(lines)
 
 
+CSV_HEADER = ["group", "axis", "value", "reference", "seeds", "failed", "mean", "std", "ci95_low", "ci95_high", "seed_min",
+              "seed_max", "delta_vs_reference", "ci_separates_from_reference", "test_n", "per_seed"]
+
+
+def render_csv(tables: list[Table], reference: "Row | None") -> str:
+    """One line per row of every group, the numbers of the markdown tables unrounded (the seed's results CSV)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for table in tables:
+        own = table.reference_row()
+        ref = own if own is not None and own.mean is not None else reference
+        for row in table.rows:
+            delta = None if row.mean is None or ref is None or ref.mean is None else row.mean - ref.mean
+            separates = "reference" if row.reference else {True: "yes", False: "no", None: ""}[row.separates_from(ref)]
+            ci, seed_range = row.ci or (None, None), row.seed_range or (None, None)
+            cells = [table.group.name, table.group.axis, row.value, row.reference, len(row.seeds), len(row.failed), row.mean,
+                     row.std, *ci, *seed_range, delta, separates, "/".join(str(v) for v in sorted(row.n, key=str)),
+                     " ".join(f"{seed}:{acc}" for seed, acc in zip(row.seeds, row.accuracies))]
+            writer.writerow(["" if cell is None else cell for cell in cells])
+    return buffer.getvalue()
+
+
 def render_pairs(first: Table, second: Table) -> str:
     """Row by row at equal values: `first`'s row against `second`'s (e.g. hybrid vs no distillation at
     each label fraction), with the same separation rule as against the reference."""
@@ -962,7 +988,9 @@ def build_report(grid: Grid, baseline: Baseline, out: Path, compare_command: str
                   + ", ".join(f"`{r.name}`" for r in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")]
     if compare_command:
         lines += ["", "All experiments side by side:", "", "```", compare_command, "```"]
+    lines += ["", f"Every row's numbers, unrounded: [{out.stem}.csv]({out.stem}.csv)."]
     text = "\n".join(lines) + "\n"
+    atomic_write_text(out.with_suffix(".csv"), render_csv(tables, reference))
     atomic_write_text(out, text)
     return text
 

@@ -95,3 +95,20 @@ def test_bad_label_fraction_and_schedule_are_errors():
         TrainConfig(lr_schedule="step")
     with pytest.raises(ValueError, match="warmup_fraction"):
         TrainConfig(warmup_fraction=1.0)
+
+
+def test_loader_workers_give_the_same_training_as_the_main_process(cache):
+    features = CachedFeatures(cache / "features")
+    samples = {name: read_samples(cache / f"{name}.jsonl") for name in ("train", "val")}
+    teacher = load_teacher_outputs(cache / "teacher.jsonl")
+    results = []
+    for workers in (0, 2):
+        cfg = config(epochs=2, loader_workers=workers)
+        train_split = SplitTensors(samples["train"], features, cfg, teacher, None)
+        val_split = SplitTensors(samples["val"], features, cfg, None, None)
+        results.append(train_module.train(cfg, train_split, val_split, FeatureBatcher(features), features))
+    assert results[1]["train_config"]["loader_workers"] == 2
+    assert results[0]["model"].keys() == results[1]["model"].keys()
+    assert all(torch.equal(results[0]["model"][k], results[1]["model"][k]) for k in results[0]["model"])
+    with pytest.raises(ValueError, match="loader_workers"):
+        config(loader_workers=-1)

@@ -142,3 +142,20 @@ def test_train_stage_writes_the_safetensors_checkpoint():
 
     assert train.CHECKPOINT == Path("models/student.safetensors")
     assert evaluate.CHECKPOINT == train.CHECKPOINT
+
+
+def test_cater_checkpoint_prints_the_training_arguments_and_global_step(trained, tmp_path, capsys):
+    from cater.commands.checkpoint import main
+    from cater.train import save_student
+
+    _, checkpoint = trained
+    path = tmp_path / "student.safetensors"
+    save_student(checkpoint, path)
+    assert main([str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["train_config"] == checkpoint["train_config"] and info["train_config"]["epochs"] == 2
+    assert info["best_global_step"] == checkpoint["best_global_step"] > 0
+    assert info["best_epoch"] == checkpoint["best_epoch"] and info["val_accuracy"] == checkpoint["val_accuracy"]
+    assert info["parameters"] == sum(t.numel() for t in checkpoint["model"].values())
+    assert main([str(tmp_path / "missing.safetensors")]) == 1
+    assert "student checkpoint missing" in capsys.readouterr().err

@@ -20,6 +20,7 @@ COMMANDS = {
     "report": "cater.commands.report",
     "compare": "cater.commands.compare",
     "verify": "cater.commands.verify",
+    "checkpoint": "cater.commands.checkpoint",
 }
 
 

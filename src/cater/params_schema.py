@@ -62,6 +62,7 @@ SCHEMA: dict[str, Any] = {
         "label_fraction": NUM,
         "seed": int,
         "backbone_on_the_fly": bool,
+        "loader_workers": int,
         "mixed_precision": str,
     },
     "ablation": ANY_MAPPING,

@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     backbone_on_the_fly: bool = False
     mixed_precision: str = "no"
+    loader_workers: int = 0  # DataLoader worker processes reading the feature shards (0: in the training process)
 
     def __post_init__(self) -> None:
         if isinstance(self.distill, dict):
@@ -57,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"train.label_fraction must be in (0, 1], got {self.label_fraction}")
+        if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < 0:
+            raise ValueError(f"train.loader_workers must be an integer >= 0, got {self.loader_workers!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
@@ -308,6 +311,16 @@ class FeatureBatcher:
         return batch
 
 
+class BatchCollate:
+    """The DataLoader's collate_fn: row indices -> the batch; a class, not a lambda, so spawned workers can pickle it."""
+
+    def __init__(self, batcher: FeatureBatcher, split: SplitTensors):
+        self.batcher, self.split = batcher, split
+
+    def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        return self.batcher(self.split, torch.tensor(rows))
+
+
 class StudentWithLoss(nn.Module):
     """One module for DDP: the student and the (possibly trainable) distillation projection."""
 
@@ -383,7 +396,8 @@ def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, 
     optimizer = torch.optim.AdamW(parameter_groups(module, cfg.weight_decay), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(list(range(len(train_split))), batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                        collate_fn=lambda rows: batcher(train_split, torch.tensor(rows)))
+                        collate_fn=BatchCollate(batcher, train_split), num_workers=cfg.loader_workers,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=cfg.loader_workers > 0)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     total_steps = cfg.epochs * len(loader)  # per process: each one steps its own schedule once per optimizer step
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -241,11 +242,27 @@ def test_image_token_rule():
     assert image_tokens(1024, 1024, "low") == 85
     assert image_tokens(1024, 1024, "high") == 765  # 768x768 -> 4 tiles
     assert image_tokens(2048, 4096, "high") == 1105  # 768x1536 -> 6 tiles
+    # gpt-4o-mini: the same tiles, far more tokens per tile (OpenAI's table: 2833 base, 5667 per tile)
+    assert image_tokens(1024, 1024, "low", "gpt-4o-mini") == 2833
+    assert image_tokens(1024, 1024, "high", "gpt-4o-mini-2024-07-18") == 2833 + 4 * 5667
+    assert image_tokens(1024, 1024, "high", "o3") == 75 + 4 * 150
+    # patch models: 32 px patches (at most 1536) times the model's multiplier; detail does not matter
+    assert image_tokens(1024, 1024, "low", "gpt-4.1-mini") == math.ceil(1024 * 1.62)
+    assert image_tokens(2400, 1800, "high", "gpt-4.1-nano") == math.ceil(1452 * 2.46)  # the docs' 1800x2400: 1452 patches
+    assert image_tokens(64, 64, "high", "o4-mini") == math.ceil(4 * 1.72)
+    # gpt-4o-mini is not gpt-4o, gpt-4.1-mini is not gpt-4.1: the longest prefix wins
+    from cater.prompts.openai_backend import image_rule
+
+    assert image_rule("gpt-4o-mini") == ("gpt-4o-mini", True) and image_rule("gpt-4.1-mini-2025-04-14") == ("gpt-4.1-mini", True)
+    assert image_rule("Qwen/Qwen2.5-VL-7B-Instruct") == ("gpt-4o", False)
 
 
 def test_estimate_mentions_requests_images_and_price(server, tmp_path):
     line = backend(server, tmp_path, usd_per_1m_input_tokens=0.15, usd_per_1m_output_tokens=0.6).estimate(requests_for(3))
     assert "up to 3 request(s)" in line and "12 image(s)" in line and "$" in line
+    assert "the gpt-4o-mini image rule" in line and f"({12 * 2833:,} for images at detail=low" in line
+    local = backend(server, tmp_path, model="llava:7b").estimate(requests_for(1))
+    assert "no image rule known for llava:7b: gpt-4o's, a rough guide" in local
     assert not server.requests
 
 

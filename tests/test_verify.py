@@ -212,3 +212,25 @@ def test_verify_fails_when_a_data_stage_differs(committed):
     assert code == 1, text
     assert "dataset                  DIFFERENT (data stage) [data/samples.jsonl]" in text
     assert DATA_REASON in text and "data stage(s) differ: dataset" in text
+
+
+def test_prompt_response_caches_are_reused_not_resent(tmp_path, monkeypatch):
+    from cater.commands.verify import PROMPT_CACHE, copy_response_caches
+
+    repo, clone = tmp_path / "repo", tmp_path / "clone"
+    for generator, files in (("gpt", 3), ("vicuna", 1)):
+        folder = repo / PROMPT_CACHE / generator / "responses" / "ab"
+        folder.mkdir(parents=True)
+        for i in range(files):
+            (folder / f"{i}.json").write_text("{}")
+    (repo / PROMPT_CACHE / "gpt" / "rows").mkdir()  # finished rows are not copied: the stage rebuilds them
+    said = []
+    assert copy_response_caches(repo, clone, said.append) == 4
+    assert (clone / PROMPT_CACHE / "gpt/responses/ab/2.json").is_file() and not (clone / PROMPT_CACHE / "gpt/rows").exists()
+    assert "reusing 4 cached prompt response file(s)" in said[0] and "no LLM request is sent again" in said[0]
+    seen = {}
+    monkeypatch.setattr(verify_module, "verify", lambda *a, **k: seen.update(k) or Verification([], None))
+    verify_cli(["--resend-prompts"])
+    assert seen == {"resend_prompts": True}
+    verify_cli([])
+    assert seen == {"resend_prompts": False}

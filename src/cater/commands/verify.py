@@ -12,6 +12,11 @@ stage really runs (`dvc repro --force`). Then:
   `dvc status` in the fresh clone reports as changed), and every stage fed by such a stage, is
   "stale in dvc.lock": reported, not counted as a difference. Commit `dvc repro`'s dvc.lock to fix it.
 
+LLM requests are not sent again: the prompt generators' response caches (`data/.cache/prompts/<generator>/responses`,
+every request's answer) are copied into the clone, so the prompts stages rebuild their rows from the same answers and
+must match byte for byte. `--resend-prompts` asks every request again (an API model's answers can then differ); the
+prompts stages' cost estimates and request counts are printed.
+
 Exit status 1 if a data stage differs or the accuracy falls outside the CI, 2 if the reproduction
 itself fails.
 """
@@ -257,7 +262,23 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def verify(repo: Path, targets: list[str] | None = None, keep: bool = False, echo=print) -> Verification:
+PROMPT_CACHE = Path("data/.cache/prompts")
+
+
+def copy_response_caches(repo: Path, clone: Path, echo=print) -> int:
+    """Every prompt generator's response cache from `repo` into `clone`; returns the number of cached answers."""
+    answers = 0
+    for responses in sorted((repo / PROMPT_CACHE).glob("*/responses")):
+        target = clone / responses.relative_to(repo)
+        shutil.copytree(responses, target, dirs_exist_ok=True)
+        answers += sum(1 for path in target.rglob("*") if path.is_file())
+    echo(f"reusing {answers} cached prompt response file(s) from {PROMPT_CACHE}: no LLM request is sent again "
+         "(--resend-prompts to ask again)")
+    return answers
+
+
+def verify(repo: Path, targets: list[str] | None = None, keep: bool = False, echo=print,
+           resend_prompts: bool = False) -> Verification:
     """Clone HEAD of `repo`, reproduce it with an empty cache, and compare with its dvc.lock and metrics."""
     repo = Path(repo).resolve()
     head = Runner(repo, echo)("git", "rev-parse", "HEAD", quiet=True).stdout.strip()
@@ -274,8 +295,15 @@ def verify(repo: Path, targets: list[str] | None = None, keep: bool = False, ech
         committed = yaml.safe_load(lock.read_text()) or {}
         committed_metrics = _read_json(clone / EVAL_METRICS)  # git-tracked; `dvc repro` overwrites it
         run("dvc", "config", "--local", "cache.dir", str(scratch / "cache"), quiet=True)
+        if resend_prompts:
+            echo("--resend-prompts: every prompt request is sent again; the stages' cost estimates follow the run")
+        else:
+            copy_response_caches(repo, clone, echo)
         echo(f"reproducing {head[:7]} in {clone} (fresh cache)")
         result = run("dvc", "repro", "--force", *(targets or []), check=False)
+        for line in result.stdout.splitlines():  # the prompts stages' estimate and `requests sent` lines
+            if line.startswith("prompts["):
+                echo("  " + line)
         if result.returncode != 0:
             raise AblationError(f"`dvc repro` failed in the clone:\n{(result.stdout + result.stderr).strip()[-3000:]}")
         reproduced = yaml.safe_load(lock.read_text()) or {}
@@ -296,9 +324,11 @@ def main(argv=None) -> int:
     parser.add_argument("targets", nargs="*", help="stages to reproduce (with their upstream); default: all")
     parser.add_argument("--repo", type=Path, default=Path("."), help="the repository (default: .)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone for inspection")
+    parser.add_argument("--resend-prompts", action="store_true",
+                        help="send every LLM prompt request again instead of reusing the response caches")
     args = parser.parse_args(argv)
     try:
-        verification = verify(args.repo, args.targets, args.keep)
+        verification = verify(args.repo, args.targets, args.keep, resend_prompts=args.resend_prompts)
     except AblationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -131,3 +131,15 @@ def test_train_names_that_become_paths_are_validated(params, tmp_path, dotted):
     with pytest.raises(ConfigError) as info:
         load_params(write(tmp_path, only_train), required=("train",))
     assert f"{dotted}: " in str(info.value) and "'../x'" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("stage", ["dataset", "frames", "splits", "prompts", "teacher", "features", "train", "eval"])
+def test_every_stage_help_names_its_own_command(stage, capsys):
+    import importlib
+
+    from cater.cli import STAGES
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(STAGES[stage]).main(["--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: cater {stage} ")

@@ -1,6 +1,6 @@
 """Stage `teacher`: score every split with one teacher and write its outputs.
 
-    python -m cater.stages.teacher --name videollava [--params params.yaml]
+    cater teacher --name videollava [--params params.yaml]   (or python -m cater.stages.teacher ...)
 
 Reads params `teacher.models.<name>` (family, model, dtype, device, device_map, quantization, num_frames,
 batch_size; other keys are family options), `data/splits/{train,val,test}.jsonl` and `data/frames/`.
@@ -162,7 +162,7 @@ def run(name: str, params_path: str, progress: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cater.stages.teacher", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cater teacher", description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="teacher name under teacher.models in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -157,7 +157,7 @@ def test_a_prompts_file_missing_videos_of_the_splits_is_an_error(tmp_path):
     write_jsonl(prompts, [_prompt_row("v1"), _prompt_row("v2")])
     with pytest.raises(ValueError, match=r"gpt\.jsonl: no prompts for 1 video\(s\) of the splits.*first: v3 \(test\).*re-run the prompts stage"):
         collect_strings(samples, {"gpt": prompts}, 4)
-    write_jsonl(tmp_path / "gpt.failures.jsonl", [{"video_id": "v3", "error": "refused"}])  # recorded by the stage: allowed
+    (tmp_path / "gpt.failures.json").write_text(json.dumps([{"video_id": "v3", "error": "refused"}]))  # recorded by the stage: allowed
     _, _, _, rows = collect_strings(samples, {"gpt": prompts}, 4)
     assert sorted(rows["gpt"]) == ["v1", "v2"]
 

@@ -90,7 +90,7 @@ def check_prompts(root: Path, samples) -> None:
     rows = read_jsonl(root / "data/prompts/tinyllm.jsonl")
     assert sorted(r["video_id"] for r in rows) == sorted({s.video_id for s in samples})
     assert all(len(r["frames"]) == NUM_FRAMES and r["events"] for r in rows)
-    assert read_jsonl(root / "data/prompts/tinyllm.failures.jsonl") == []
+    assert json.loads((root / "data/prompts/tinyllm.failures.json").read_text()) == []
 
 
 def split_samples(root: Path):

@@ -52,7 +52,7 @@ def test_openai_stage_output_rerun_and_cache(server, tmp_path, monkeypatch, capf
     rows = read_jsonl(out)
     assert [r["video_id"] for r in rows] == ws["videos"]
     assert all(len(r["frames"]) == 4 and r["events"] for r in rows)
-    assert read_jsonl(tmp_path / "data/prompts/gpt.failures.jsonl") == []
+    assert json.loads((tmp_path / "data/prompts/gpt.failures.json").read_text()) == []
     assert len(server.requests) == 5
     # questions reach the server; choices and answers never do
     sent = json.dumps([r["body"] for r in server.requests])
@@ -76,7 +76,7 @@ def test_openai_stage_output_rerun_and_cache(server, tmp_path, monkeypatch, capf
     shutil.rmtree(tmp_path / "data/.cache/prompts/gpt")
     server.rules.append(("about video000?", "401"))
     assert run_stage(tmp_path, monkeypatch) == 1
-    [failure] = read_jsonl(tmp_path / "data/prompts/gpt.failures.jsonl")
+    [failure] = json.loads((tmp_path / "data/prompts/gpt.failures.json").read_text())
     assert "HTTP 401 AuthenticationError" in failure["error"] and "Incorrect API key provided: <redacted>." in failure["error"]
 
     # the key is in no file and in no printed line
@@ -92,7 +92,7 @@ def test_failures_are_reported_and_retried_on_the_next_run(server, tmp_path, mon
     write_workspace(tmp_path, gpt(server), num_videos=4)
     server.rules.append(("about video002?", "500"))
     assert run_stage(tmp_path, monkeypatch) == 1  # max_failures 0
-    failures = read_jsonl(tmp_path / "data/prompts/gpt.failures.jsonl")
+    failures = json.loads((tmp_path / "data/prompts/gpt.failures.json").read_text())
     assert [f["video_id"] for f in failures] == ["video002"]
     assert "HTTP 500 InternalServerError (max_retries 1)" in failures[0]["error"]
     assert not (tmp_path / "data/prompts/gpt.jsonl").exists()  # no output that looks complete
@@ -103,7 +103,7 @@ def test_failures_are_reported_and_retried_on_the_next_run(server, tmp_path, mon
     assert run_stage(tmp_path, monkeypatch) == 0
     assert len(server.requests) == before + 1  # only the failed video is asked again
     assert len(read_jsonl(tmp_path / "data/prompts/gpt.jsonl")) == 4
-    assert read_jsonl(tmp_path / "data/prompts/gpt.failures.jsonl") == []
+    assert json.loads((tmp_path / "data/prompts/gpt.failures.json").read_text()) == []
 
 
 def test_failures_within_threshold_leave_the_video_out(server, tmp_path, monkeypatch):
@@ -113,7 +113,7 @@ def test_failures_within_threshold_leave_the_video_out(server, tmp_path, monkeyp
     assert run_stage(tmp_path, monkeypatch) == 0
     rows = read_jsonl(tmp_path / "data/prompts/gpt.jsonl")
     assert [r["video_id"] for r in rows] == ["video000", "video002", "video003"]
-    [failure] = read_jsonl(tmp_path / "data/prompts/gpt.failures.jsonl")
+    [failure] = json.loads((tmp_path / "data/prompts/gpt.failures.json").read_text())
     assert failure["video_id"] == "video001" and "violates the schema" in failure["error"]
 
 
@@ -181,7 +181,7 @@ def test_hf_backend_through_the_stage(tmp_path, monkeypatch):
     assert [r["video_id"] for r in rows] == ws["videos"]
     assert rows[0]["frames"][3] == "Square at the right." and rows[0]["events"][0]["end_frame"] == 3
     assert run_stage(tmp_path / "ws", monkeypatch, "mistral") == 1  # random text: all failures, none filled
-    failures = read_jsonl(tmp_path / "ws/data/prompts/mistral.failures.jsonl")
+    failures = json.loads((tmp_path / "ws/data/prompts/mistral.failures.json").read_text())
     assert len(failures) == 3 and all("neither JSON nor" in f["error"] for f in failures)
 
 

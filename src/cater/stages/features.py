@@ -6,6 +6,7 @@ data/.cache/features/<config hash>/ so a killed run resumes.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -71,8 +72,8 @@ def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
 def check_prompt_coverage(path: Path, rows: dict, samples) -> None:
     """Every video of the splits has a row in the prompts file `path`, or is listed in its failures file
     (the prompts stage's own record of what it could not produce); anything else is a damaged or stale file."""
-    failures_path = path.with_name(path.name[: -len(".jsonl")] + ".failures.jsonl")
-    failed = {row["video_id"] for row in read_jsonl(failures_path)} if failures_path.exists() else set()
+    failures_path = path.with_name(path.name[: -len(".jsonl")] + ".failures.json")
+    failed = {row["video_id"] for row in json.loads(failures_path.read_text())} if failures_path.exists() else set()
     missing: dict[str, str] = {}
     for sample in samples:
         if sample.video_id not in rows and sample.video_id not in failed:

@@ -3,7 +3,7 @@
 One row per video: event-level prompts (one sentence per event, time order, with frame spans) and
 frame-level prompts (one sentence per sampled frame). Finished rows are kept in
 data/.cache/prompts/<generator>/, so a killed or repeated run never asks twice. Videos whose prompts
-could not be produced are listed in <generator>.failures.jsonl; the stage fails when there are more
+could not be produced are listed in <generator>.failures.json (a JSON list, `[]` when none); the stage fails when there are more
 than `prompts.max_failures` of them, and never fills a gap with other text.
 
 Backends that can estimate their cost (openai) print it before the first request: requests, images,
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, group_by_video, read_samples
-from cater.io import RowStore, safe_name, stable_hash, write_jsonl
+from cater.io import RowStore, atomic_write_json, safe_name, stable_hash, write_jsonl
 from cater.prompts.base import PromptError, PromptRequest
 from cater.prompts.registry import make_backend, result_config
 
@@ -111,11 +111,11 @@ def run(params, args) -> None:
         done.update({r["key"]: r for r in rows})
     ok = [done[v] for v in sorted(by_video) if v in done]
     failures = [{"video_id": v, "error": errors[v]} for v in sorted(errors)]
-    write_jsonl(OUT / f"{name}.failures.jsonl", failures)
+    atomic_write_json(OUT / f"{name}.failures.json", failures)  # never empty, so DVC has nothing to warn about
     if len(failures) > cfg["max_failures"]:
         raise RuntimeError(
             f"prompts[{name}]: {len(failures)} video(s) without prompts (max_failures {cfg['max_failures']}); "
-            f"see {OUT / (name + '.failures.jsonl')}, first: {failures[0]['video_id']}: {failures[0]['error']}"
+            f"see {OUT / (name + '.failures.json')}, first: {failures[0]['video_id']}: {failures[0]['error']}"
         )
     write_jsonl(OUT / f"{name}.jsonl", [{k: v for k, v in row.items() if k not in ("key", "input")} for row in ok])
     sent = f", {backend.requests_sent} request(s) sent" if hasattr(backend, "requests_sent") else ""

@@ -108,6 +108,18 @@ def test_msvd_without_mapping_falls_back_to_vid_names(tmp_path):
     assert {s.video for s in samples if s.video_id == "vid1"} == {str(Path(cfg["videos"]) / "vid1.mp4")}
 
 
+def test_msvd_clips_by_youtube_name_without_mapping_say_how_to_fix_it(tmp_path):
+    cfg = write_msvd_qa(tmp_path)  # the official layout: clips named by YouTube id
+    moved = tmp_path / "elsewhere.txt"
+    (Path(cfg["annotations"]) / "youtube_mapping.txt").rename(moved)
+    with pytest.raises(AdapterError) as info:
+        load(cfg)
+    message = str(info.value)
+    assert "video not found" in message and "vid1" in message
+    assert "set dataset.video_mapping to the release's youtube_mapping.txt" in message
+    assert {s.video_id for s in load(cfg, video_mapping=str(moved))} >= {"vid1"}  # the suggested fix works
+
+
 def test_activitynet_finds_prefixed_and_plain_video_names(layouts):
     samples = load(layouts["activitynet_qa"])
     videos = {s.video_id: Path(s.video).name for s in samples}

@@ -100,7 +100,8 @@ def _load(cfg: dict, dataset: str) -> list[Sample]:
     folder = Path(opts["annotations"])
     videos = MediaIndex(as_dirs(opts["videos"]))
     check_video_dirs(videos, "videos", dataset, opts["check_videos"])
-    stems = _video_stems(dataset, _mapping(folder, opts.get("video_mapping")) if dataset == "msvd_qa" else {})
+    mapping = _mapping(folder, opts.get("video_mapping")) if dataset == "msvd_qa" else {}
+    stems = _video_stems(dataset, mapping)
 
     files = {split: folder / f"{split}_qa.json" for split in SPLITS}
     loaded = {split: read_split(files[split], dataset) for split in dict.fromkeys(["train", *splits])}
@@ -121,7 +122,7 @@ def _load(cfg: dict, dataset: str) -> list[Sample]:
                     id=sample_id,
                     dataset=dataset,
                     split=split,
-                    video=locate_video(videos, names, opts["check_videos"], where),
+                    video=_locate(videos, names, opts["check_videos"], where, dataset, mapping),
                     video_id=names[-1],
                     question=record["question"].strip(),
                     answer=record["answer"],
@@ -132,6 +133,17 @@ def _load(cfg: dict, dataset: str) -> list[Sample]:
     samples, stats = to_samples(questions, pools, num_choices, seed)
     last_stats = {"dataset": dataset, "samples": len(samples), "per_split": {s: len(loaded[s]) for s in splits}, "rare_answers_not_distractors": pools.dropped_rare, **stats}
     return samples
+
+
+def _locate(videos: MediaIndex, names: list[str], check: bool, where: str, dataset: str, mapping: dict) -> str:
+    try:
+        return locate_video(videos, names, check, where)
+    except AdapterError as exc:
+        if dataset == "msvd_qa" and not mapping:  # the usual cause: clips named by YouTube id, no mapping given
+            raise AdapterError(f"{exc}. The official MSVD clips are named by YouTube clip (e.g. -4wsuPCjDBc_5_15.avi): "
+                               "set dataset.video_mapping to the release's youtube_mapping.txt (lines '<clip name> "
+                               "vid<N>'), or put that file beside the annotations") from None
+        raise
 
 
 def _video_stems(dataset: str, mapping: dict[str, str]):

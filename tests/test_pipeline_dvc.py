@@ -139,6 +139,21 @@ def test_dvc_plots_show_json_renders_the_declared_plots_offline(first):
     assert [int(r["step"]) for r in epochs] == list(range(read_params(first.root)["train"]["epochs"]))
 
 
+def test_cater_plots_writes_a_page_that_renders_offline(first):
+    run(["cater", "plots"], first.root)
+    page = (first.root / "dvc_plots/index.html").read_text()
+    plots = json.loads(dvc(first.root, "plots", "show", "--json").stdout)["data"]
+    assert page.count("<svg") == len(plots) >= 8 and page.count("<figcaption>") == len(plots)
+    assert "http" not in page and "<script" not in page and "src=" not in page  # nothing to fetch: renders offline
+    for name in plots:
+        assert f"<code>{name}</code>" in page
+    confusion = (first.root / "dvc_plots/plots_confusion.csv.svg").read_text()
+    assert confusion.startswith("<svg") and "mark-rect" in confusion  # the heat map's cells were drawn
+    curve = (first.root / "dvc_plots/metrics_train_plots_metrics_val_accuracy.tsv.svg").read_text()
+    assert "mark-line" in curve
+    assert "dvc_plots" in run(["git", "check-ignore", "dvc_plots/index.html"], first.root).stdout
+
+
 # --- re-runs -------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "compare": "cater.commands.compare",
     "verify": "cater.commands.verify",
     "checkpoint": "cater.commands.checkpoint",
+    "plots": "cater.commands.plots",
 }
 
 

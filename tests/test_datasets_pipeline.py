@@ -162,6 +162,12 @@ def test_tvqa_eval_reports_per_type_metrics_with_an_unlabelled_test_split(tvqa):
     assert metrics["test"]["n"] == 0
     assert set(metrics["val"]["per_type"]) == {"how", "which"}
     assert 0.0 <= metrics["val"]["accuracy"] <= 1.0
+    # test_public has no labels: its predictions go to the official server as {qid: answer index}
+    run(["cater", "eval", "--predictions", "submission.json"], tvqa)
+    submission = json.loads((tvqa / "submission.json").read_text())
+    test = read_samples(tvqa / "data/splits/test.jsonl")
+    assert sorted(submission) == sorted(s.id.removeprefix("tvqa-") for s in test) and all(k.isdigit() for k in submission)
+    assert set(submission.values()) <= set(range(5))
 
 
 @pytest.fixture(scope="module")

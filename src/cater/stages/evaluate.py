@@ -1,6 +1,6 @@
 """Stage `eval`: the student on the val and test splits -> metrics/eval.json and plots/ (per type, confusion).
 
-`cater eval --checkpoint PATH --split-file PATH [--out PATH]` evaluates any student checkpoint (an experiment's,
+`cater eval --checkpoint PATH --split-file PATH [--out PATH] [--predictions PATH]` evaluates any student checkpoint (an experiment's,
 a colleague's) on any split file in the samples schema instead, with the checkpoint's own train config (prompt
 variant, generator, choice text); it prints the same block and writes only `--out`, never the stage's outputs. The
 split's questions must be in the feature store (the student reads cached features).
@@ -37,7 +37,15 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
             writer.writerows(rows)
 
 
-def evaluate_file(checkpoint_path: Path, split_file: Path, out: Path | None) -> dict:
+def predictions_record(samples, chosen) -> dict:
+    """{sample id: chosen option index}; TVQA's own ids (`tvqa-<qid>`) become the official server's keys, the qid
+    as a string (its submission file is one JSON object qid -> answer index)."""
+    if samples and all(s.dataset == "tvqa" and s.id.startswith("tvqa-") for s in samples):
+        return {s.id[len("tvqa-"):]: int(c) for s, c in zip(samples, chosen)}
+    return {s.id: int(c) for s, c in zip(samples, chosen)}
+
+
+def evaluate_file(checkpoint_path: Path, split_file: Path, out: Path | None, predictions: Path | None = None) -> dict:
     """One checkpoint on one split file, with the checkpoint's own train config; metrics as the stage computes them."""
     from cater.features import CachedFeatures
     from cater.stages.train import FEATURES
@@ -65,15 +73,18 @@ def evaluate_file(checkpoint_path: Path, split_file: Path, out: Path | None) -> 
               "metrics": block}
     if out is not None:
         atomic_write_json(out, result)
+    if predictions is not None:
+        atomic_write_json(predictions, predictions_record(samples, logits.argmax(1).tolist()))
+        print(f"wrote {predictions}: the chosen option of each of the {len(samples)} questions")
     print(f"{checkpoint_path} on {split_file}:")
     print("\n".join(format_split(split_file.stem, block)))
     return result
 
 
 def run(params, args) -> None:
-    if args.checkpoint or args.split_file:
+    if args.checkpoint or args.split_file or args.predictions:
         evaluate_file(Path(args.checkpoint or CHECKPOINT), Path(args.split_file or SPLITS_DIR / "test.jsonl"),
-                      Path(args.out) if args.out else None)
+                      Path(args.out) if args.out else None, Path(args.predictions) if args.predictions else None)
         return
     if args.out:
         raise ValueError("--out is for --checkpoint / --split-file evaluations; the stage writes metrics/eval.json")
@@ -149,6 +160,8 @@ def main(argv=None) -> int:
         parser.add_argument("--checkpoint", help="a student checkpoint to evaluate (default: the stage's)")
         parser.add_argument("--split-file", help="a split file in the samples schema (default: data/splits/test.jsonl)")
         parser.add_argument("--out", help="write the metrics of a --checkpoint / --split-file evaluation here (JSON)")
+        parser.add_argument("--predictions", help="write each question's chosen option here (JSON; for TVQA, the official "
+                                                  "submission format: qid -> answer index)")
 
     return stage_main(__doc__, run, arguments, argv=argv, sections=('train', 'teacher', 'prompts'))
 

@@ -182,6 +182,25 @@ def test_frame_folder(tmp_path):
         decode_video(empty, 3, 15)
 
 
+def test_a_window_past_the_clip_end_is_cut_and_reported(shapes_set, tmp_path):
+    from PIL import Image
+
+    path = next(iter(shapes_set.videos().values()))  # a 4 s clip at 8 fps: its last frame is at 3.875 s
+    report = {}
+    _, times = decode_video(path, 4, 64, start=3.0, end=5.5, report=report)
+    assert report == {"past_end_s": 1.625} and max(times) <= 3.875
+    inside = {}
+    decode_video(path, 4, 64, start=1.0, end=2.0, report=inside)
+    assert inside == {}
+    folder = tmp_path / "clip"  # a frame folder at 3 fps: 12 frames, the last at 3.667 s
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8, 3), i, dtype=np.uint8)).save(folder / f"{i + 1:05d}.png")
+    folder_report = {}
+    decode_video(folder, 3, 8, start=2.0, end=4.0, report=folder_report)
+    assert folder_report == {"past_end_s": 0.3333}
+
+
 # ---------------------------------------------------------------- the frames stage
 
 FRAMES_PARAMS = {"num_frames": 8, "size": 32, "workers": 2, "skip_bad": False}

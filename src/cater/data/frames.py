@@ -67,8 +67,15 @@ def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
     return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def decode_video(path: str | Path, num_frames: int, size: int, start: float | None = None, end: float | None = None):
-    """Decode `num_frames` uniform frames of `path` (optionally inside [start, end] seconds).
+def window_overrun(end: float | None, total: int, fps: float) -> float:
+    """Seconds by which a window's end lies past the clip's last frame (0 when it does not)."""
+    return 0.0 if end is None else max(0.0, round(end - (total - 1) / fps, 4))
+
+
+def decode_video(path: str | Path, num_frames: int, size: int, start: float | None = None, end: float | None = None,
+                 report: dict | None = None):
+    """Decode `num_frames` uniform frames of `path` (optionally inside [start, end] seconds). A window that ends
+    past the clip is cut at its last frame; with `report`, report["past_end_s"] says by how many seconds.
 
     Returns (frames uint8 [N, size-short-side, ..., 3], times in seconds). The decord reader is
     created here, inside whichever process calls this, never in a parent before a fork.
@@ -79,7 +86,7 @@ def decode_video(path: str | Path, num_frames: int, size: int, start: float | No
     if path.stat().st_size == 0:
         raise BadVideoError(f"{path}: zero-length file")
     if path.is_dir():
-        return _decode_frame_folder(path, num_frames, size, start, end)
+        return _decode_frame_folder(path, num_frames, size, start, end, report=report)
     # torch before decord: decord's import loads libnvblas, and a libtorch_cpu loaded after it binds its BLAS
     # calls there, so the next CPU attention in this process segfaults (tests/test_frames.py)
     import torch  # noqa: F401
@@ -98,6 +105,8 @@ def decode_video(path: str | Path, num_frames: int, size: int, start: float | No
         last = total - 1 if end is None else int(end * fps)
         if first > total - 1:
             raise BadVideoError(f"{path}: window {start}-{end}s lies outside the clip (0-{total / fps:.2f}s)")
+        if report is not None and window_overrun(end, total, fps):
+            report["past_end_s"] = window_overrun(end, total, fps)
         first, last = window_of_at_least(total, num_frames, first, last, str(path))
         indices = uniform_indices(total, num_frames, first, last)
         frames = reader.get_batch(indices).asnumpy()
@@ -119,7 +128,7 @@ def _declared_frames(path: Path) -> int:
         return int(container.streams.video[0].frames or 0) if container.streams.video else 0
 
 
-def _decode_frame_folder(path: Path, num_frames: int, size: int, start, end, fps: float = 3.0):
+def _decode_frame_folder(path: Path, num_frames: int, size: int, start, end, fps: float = 3.0, report: dict | None = None):
     """A folder of extracted frames (TVQA ships frames at 3 fps as 00001.jpg, ...)."""
     from PIL import Image
 
@@ -130,6 +139,8 @@ def _decode_frame_folder(path: Path, num_frames: int, size: int, start, end, fps
     last = len(files) - 1 if end is None else int(end * fps)
     if first > len(files) - 1:
         raise BadVideoError(f"{path}: window {start}-{end}s lies outside the clip (0-{len(files) / fps:.2f}s)")
+    if report is not None and window_overrun(end, len(files), fps):
+        report["past_end_s"] = window_overrun(end, len(files), fps)
     first, last = window_of_at_least(len(files), num_frames, first, last, str(path))
     indices = uniform_indices(len(files), num_frames, first, last)
     try:

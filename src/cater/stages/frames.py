@@ -43,13 +43,14 @@ def _decode_one(job: tuple) -> tuple[str, dict | None, str | None]:
     """Runs in a worker process (the decord reader is created here, never in the parent): decode, store, and
     return the times, the stored pixels' digest and shape, or the error."""
     video_id, path, num_frames, size, start, end, target, codec, quality = job
+    report: dict = {}
     try:
-        frames, times = decode_video(path, num_frames, size, start, end)
+        frames, times = decode_video(path, num_frames, size, start, end, report=report)
     except BadVideoError as exc:
         return video_id, None, str(exc)
     save_frames(target, frames, codec, quality)
     stored = load_frames(target) if codec == "jpeg" else frames  # lossy: the digest is of what readers get
-    return video_id, {"times": times, "digest": pixel_digest(stored), "shape": list(stored.shape)}, None
+    return video_id, {"times": times, "digest": pixel_digest(stored), "shape": list(stored.shape), **report}, None
 
 
 def run(params, args) -> None:
@@ -101,7 +102,13 @@ def run(params, args) -> None:
                 "Fix or remove them, or set frames.skip_bad: true to drop those samples."
             )
         print(f"frames: skipping {len(bad)} bad video(s), {affected} samples dropped (frames.skip_bad), see {report}")
-    _assemble({vid: done[vid] for vid in videos if vid in done and vid not in bad}, cache, cfg, bad, suffix)
+    kept = {vid: done[vid] for vid in videos if vid in done and vid not in bad}
+    past_end = {vid: entry["past_end_s"] for vid, entry in kept.items() if entry.get("past_end_s")}
+    if past_end:  # e.g. a TVQA ts window that runs past the clip: its frames come from the part inside the clip
+        worst = max(past_end, key=past_end.get)
+        print(f"frames: {len(past_end)} window(s) end after their clip's last frame and were cut there "
+              f"(by up to {past_end[worst]:.2f} s, {worst}); listed with past_end_s in {OUT / 'index.json'}")
+    _assemble(kept, cache, cfg, bad, suffix)
 
 
 def _assemble(done: dict[str, dict], cache: Path, cfg, bad: dict[str, str], suffix: str) -> None:
@@ -117,7 +124,7 @@ def _assemble(done: dict[str, dict], cache: Path, cfg, bad: dict[str, str], suff
             frames = load_frames(tmp / name)
             entry = {**entry, "digest": pixel_digest(frames), "shape": list(frames.shape)}
         index[vid] = {"file": name, "times": entry["times"], "num_frames": cfg["num_frames"], "shape": entry["shape"],
-                      "digest": entry["digest"]}
+                      "digest": entry["digest"], **({"past_end_s": entry["past_end_s"]} if entry.get("past_end_s") else {})}
     atomic_write_json(tmp / "index.json", index)
     atomic_write_json(tmp / "bad_videos.json", bad)
     shutil.rmtree(OUT, ignore_errors=True)

@@ -84,6 +84,7 @@ def test_rows_with_per_question_prompts_become_their_own_videos(tmp_path):
     assert len({s.video_id for s in samples}) == 40
     assert {s.video for s in samples if s.id in ("train-0", "train-1")} == {str(tmp_path / "data/msrvtt_frames/video0")}
     assert adapter_stats("seed_jsonl")["per_row_videos"] == 40
+    assert adapter_stats("seed_jsonl")["frames_per_row"].startswith("4 ")
 
 
 def _rewrite(path: Path, line: int, **changes) -> None:
@@ -107,6 +108,8 @@ def _rewrite(path: Path, line: int, **changes) -> None:
     ({"frame_paths": ["data/msrvtt_frames/video1/frame_09.png"]}, "train.jsonl:3: frame "),
     ({"event_prompts": "one string"}, "train.jsonl:3: field 'event_prompts' must be a non-empty list of strings"),
     ({"id": 0}, "train.jsonl:3: duplicate id 'train-0'"),
+    ({"frame_paths": ["data/msrvtt_frames/video1/frame_00.png"]},  # the other row of video1 lists all 4 frames
+     "train.jsonl:4: frame_paths list other images of"),
 ])
 def test_bad_rows_fail_naming_file_line_and_field(tmp_path, changes, message):
     root = write_seed_release(tmp_path)
@@ -114,6 +117,16 @@ def test_bad_rows_fail_naming_file_line_and_field(tmp_path, changes, message):
     with pytest.raises(AdapterError, match=None) as info:
         load(cfg_for(root))
     assert message in str(info.value)
+
+
+def test_a_folder_with_images_the_rows_do_not_list_is_an_error(tmp_path):
+    from PIL import Image
+
+    root = write_seed_release(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "data/msrvtt_frames/video2/frame_99.png")
+    with pytest.raises(AdapterError, match=r"train.jsonl:5: frame_paths list 4 of the 5 images in .*video2 "
+                                           r"\(not listed: frame_99.png\)"):
+        load(cfg_for(root))
 
 
 def test_splits_mapping_names_other_files(tmp_path):
@@ -184,7 +197,7 @@ def test_teacher_rows_without_a_choice_are_missing_and_foreign_rows_fail(tmp_pat
 def test_dvc_repro_runs_a_seed_users_files_with_the_seed_recipe(tmp_path):
     from helpers.dvc_workspace import link_dataset, make_workspace, run, set_params
 
-    release = write_seed_release(tmp_path / "seed")
+    release = write_seed_release(tmp_path / "seed", per_question_prompts=True)  # the seed's MSRVTT rows: prompts per question
     root = make_workspace(tmp_path, {
         "frames.num_frames": NUM_FRAMES,
         "prompts.generators": {"seed": {"backend": "given"}},
@@ -195,9 +208,16 @@ def test_dvc_repro_runs_a_seed_users_files_with_the_seed_recipe(tmp_path):
     })
     set_params(root / "params.yaml", {"dataset": link_dataset(root, cfg_for(release), release)})
     result = run(["dvc", "repro"], root)
-    assert "dataset seed_jsonl: samples 40, videos 20" in result.stdout
-    prompts = [json.loads(line) for line in (root / "data/prompts/seed.jsonl").read_text().splitlines()]
-    assert len(prompts) == 20 and prompts[0]["frames"] == ["A red frame 0.", "A red frame 1.", "A red frame 2.", "A red frame 2."]
+    assert "dataset seed_jsonl: samples 40, videos 40, per_row_videos 40, frames_per_row 4" in result.stdout
+    # 40 prompt sets, one per question, over 20 folders: each folder decoded, stored and embedded once
+    assert "frames: 40 videos (20 sharing another id's frames)" in result.stdout
+    index = json.loads((root / "data/features/index.json").read_text())
+    assert len(index["video_ids"]) == 20 and len(index["video_aliases"]) == 20
+    assert len(list((root / "data/frames").glob("*.npz"))) == 20
+    prompts = {row["video_id"]: row for row in map(json.loads, (root / "data/prompts/seed.jsonl").read_text().splitlines())}
+    first = prompts["data/raw/seed_jsonl/data/msrvtt_frames/video0#train-1"]
+    assert len(prompts) == 40 and first["frames"] == ["A red frame 0. (q1)", "A red frame 1. (q1)", "A red frame 2. (q1)",
+                                                     "A red frame 2. (q1)"]
     summary = json.loads((root / "data/teacher/seed/summary.json").read_text())
     assert summary["missing"] == 0 and summary["splits"]["test"]["accuracy"] == pytest.approx(7 / 10)  # wrong where (n + q) % 3 == 0: 15, 18, 18
     train_metrics = json.loads((root / "metrics/train/metrics.json").read_text())

@@ -3,6 +3,7 @@
 Layout of a features directory (format 2):
 
     index.json                  format, backbone, num_frames, embed_dim, token_length, video_ids (row order),
+                                video_aliases (optional: ids that share another id's frames, hence its row),
                                 per-sample string ids, per-generator prompt ids, and each tensor's shards
     video/000000.safetensors    "rows" [n, T, 1+P, D] fp16: per video, each frame's CLS token then its patches
     pooled/000000.safetensors   "rows" [n, D] fp16: pooled text vectors of the sample strings (questions,
@@ -246,6 +247,7 @@ class CachedFeatures:
         tensors = self.index["tensors"]
         self.readers = {name: ShardReader(self.directory, name, tensors[name]) for name in ROWS_PER_SHARD}
         self.video_row = {vid: i for i, vid in enumerate(self.index["video_ids"])}
+        self.video_row.update({vid: self.video_row[first] for vid, first in self.index.get("video_aliases", {}).items()})
         self.prompt_lengths = torch.from_numpy(self.readers["prompt_lengths"].get(np.arange(tensors["prompt_lengths"]["rows"])))
 
     @property

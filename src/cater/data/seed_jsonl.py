@@ -16,10 +16,12 @@ default names). One JSON object per line, as the seed's scripts write them:
 Other keys (dataset, source_id, video_id, category_id, action_id, frame_seed) are ignored.
 
 The folder of a row's frame_paths is its video, read as a frame folder: the frames stage samples
-`frames.num_frames` images of it uniformly, so a folder holding exactly the listed images (what the seed's
-extract script writes, with the same count) gives the seed's frames; a folder with other images too is counted
-in the stats. The seed's toy rows without frame_paths (frames drawn by the seed's own renderer from
-`action_id` / `frame_seed`) are refused: this project does not copy that renderer.
+`frames.num_frames` images of it uniformly. So the rows must list every image of their folder (what the seed's
+extract script writes; anything else is an error naming file:line), and with `frames.num_frames` equal to that
+count (printed as `frames_per_row`) every listed frame is read and the i-th prompt meets the i-th frame, as in
+the seed. A smaller `frames.num_frames` samples the listed frames uniformly where the seed takes the first N.
+The seed's toy rows without frame_paths (frames drawn by the seed's own renderer from `action_id` /
+`frame_seed`) are refused: this project does not copy that renderer.
 
 Prompts are per video here and per question in the seed. Rows of one folder whose prompts are identical share one
 video; when they differ (the seed's MSRVTT script asks the LLM once per question, choices included), each row becomes
@@ -135,7 +137,7 @@ def load(cfg: dict) -> list[Sample]:
     files = split_files(folder, opts["splits"])
     rows: list[tuple[str, dict, Path, dict | None]] = []
     seen: dict[str, str] = {}
-    listed: dict[Path, set[str]] = {}  # the image names the rows list, per folder
+    listed: dict[Path, tuple[list[str], str]] = {}  # per folder: the image names its first row lists, and where
     for split, path in files.items():
         for lineno, _, record in iter_rows(path):
             where = f"{path}:{lineno}"
@@ -146,7 +148,11 @@ def load(cfg: dict) -> list[Sample]:
                 raise AdapterError(f"{where}: field 'answer_idx' is {record['answer_idx']}, out of range for "
                                    f"{len(record['choices'])} choices")
             frames = _frame_folder(record["frame_paths"], root, where, opts["check_videos"])
-            listed.setdefault(frames, set()).update(Path(p).name for p in record["frame_paths"])
+            names = sorted(Path(p).name for p in record["frame_paths"])
+            first = listed.setdefault(frames, (names, where))
+            if first[0] != names:
+                raise AdapterError(f"{where}: frame_paths list other images of {frames} than {first[1]} does; the rows of "
+                                   "one folder must list the same frames")
             events = _string_list(record, "event_prompts", where, required=False)
             frame_prompts = _string_list(record, "frame_prompts", where, required=False)
             given = None if events is None else {"event": events, **({"frame": frame_prompts} if frame_prompts else {})}
@@ -166,12 +172,17 @@ def load(cfg: dict) -> list[Sample]:
         if len(prompts_by_folder[frames]) > 1:
             video_id, per_row_videos = f"{frames}#{sid}", per_row_videos + 1
         samples.append(Sample(**sample, video=str(frames), video_id=video_id, given_prompts=given))
-    extra_images = 0
-    if opts["check_videos"]:  # folders holding images the rows do not list: the frames stage samples among all of them
-        for frames, names in listed.items():
-            images = {p.name for p in frames.iterdir() if p.suffix.lower() in IMAGE_EXTS}
-            extra_images += bool(images - names)
+    if opts["check_videos"]:  # every image of a folder listed: the frames stage samples among all of them
+        for frames, (names, where) in listed.items():
+            images = sorted(p.name for p in frames.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            if images != names:
+                unlisted = sorted(set(images) - set(names))
+                raise AdapterError(f"{where}: frame_paths list {len(names)} of the {len(images)} images in {frames} "
+                                   f"(not listed: {', '.join(unlisted[:3])}{' ...' if len(unlisted) > 3 else ''}); this "
+                                   "project reads a folder's images, so list them all or move the others out")
+    counts = sorted({len(names) for names, _ in listed.values()})
     last_stats = {"dataset": "seed_jsonl", "samples": len(samples), "videos": len({s.video_id for s in samples}),
-                  "per_row_videos": per_row_videos, "folders_with_unlisted_images": extra_images,
+                  "per_row_videos": per_row_videos,
+                  "frames_per_row": "/".join(str(c) for c in counts) + " (set frames.num_frames to it)",
                   "with_prompts": sum(s.given_prompts is not None for s in samples)}
     return samples

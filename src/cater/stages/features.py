@@ -146,8 +146,13 @@ def run(params, args) -> None:
     for part in ("video", "pooled", "prompt"):
         (cache / part).mkdir(parents=True, exist_ok=True)
 
-    # 1. every video's tokens, one cached .npy per video (resumable)
-    video_ids = sorted({s.video_id for s in samples})
+    # 1. every video's tokens, one cached .npy per video (resumable); ids whose frames are one stored file (the
+    # frames stage's aliases) share one row
+    all_ids = sorted({s.video_id for s in samples})
+    first_of_file: dict[str, str] = {}
+    aliases = {v: first_of_file.setdefault(frames.index[v]["file"], v) for v in all_ids}
+    aliases = {v: first for v, first in aliases.items() if v != first}
+    video_ids = [v for v in all_ids if v not in aliases]
     cached = {v: cache / "video" / f"{frame_stem(v)}-{frames.digest(v)}.npy" for v in video_ids}
     todo = [v for v in video_ids if not discard_corrupt(cached[v], npy_problem)]
     per_batch = max(1, cfg["batch_size"] // num_frames)
@@ -167,7 +172,7 @@ def run(params, args) -> None:
                      for i in tqdm(range(0, len(prompt_strings), chunk), desc="features[prompts]", unit="chunk")]
     token_length = max(prompt_lengths, default=1)
     _assemble(cached, video_ids, pooled_chunks, prompt_chunks, token_length, backbone.embed_dim,
-              {"pooled": pooled_strings, "prompts": prompt_strings}, per_sample, prompts, spec, num_frames)
+              {"pooled": pooled_strings, "prompts": prompt_strings}, per_sample, prompts, spec, num_frames, aliases)
 
 
 def _text_chunk(backbone, folder: Path, part: list[str], tokens: bool) -> Path:
@@ -185,7 +190,7 @@ def _text_chunk(backbone, folder: Path, part: list[str], tokens: bool) -> Path:
 
 
 def _assemble(cached, video_ids, pooled_chunks, prompt_chunks, token_length, embed_dim, strings, per_sample, prompts,
-              spec, num_frames) -> None:
+              spec, num_frames, aliases: dict[str, str] | None = None) -> None:
     """The sharded store (cater.features), written into a temporary folder shard by shard, then renamed."""
     import shutil
 
@@ -201,8 +206,9 @@ def _assemble(cached, video_ids, pooled_chunks, prompt_chunks, token_length, emb
     for path in prompt_chunks:
         with np.load(path) as part:
             store.add_prompt_tokens(part["tokens"], part["lengths"], token_length)
+    extra = {"video_aliases": aliases} if aliases else {}  # absent when no two ids share frames
     store.close(backbone=spec.__dict__, num_frames=num_frames, embed_dim=embed_dim, token_length=token_length,
-                video_ids=video_ids, samples=per_sample, prompts=prompts)
+                video_ids=video_ids, samples=per_sample, prompts=prompts, **extra)
     atomic_write_json(tmp / "strings.json", strings)
     shutil.rmtree(OUT, ignore_errors=True)
     tmp.rename(OUT)

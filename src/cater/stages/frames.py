@@ -60,6 +60,12 @@ def run(params, args) -> None:
     videos: dict[str, tuple] = {}
     for sample in samples:  # one decode per (video, window); samples of one clip share it
         videos.setdefault(sample.video_id, (sample.video, sample.start, sample.end))
+    # video ids with the same source (file and window), e.g. seed JSONL rows of one folder with their own prompts:
+    # decoded and stored once, under the first id; the others are aliases in index.json
+    canonical: dict[tuple, str] = {}
+    aliases = {vid: canonical.setdefault(source, vid) for vid, source in sorted(videos.items())}
+    aliases = {vid: first for vid, first in aliases.items() if vid != first}
+    videos = {vid: source for vid, source in videos.items() if vid not in aliases}
     codec, quality = cfg.get("codec", "png"), cfg.get("quality", 95)
     suffix = frames_suffix(codec)
     key = {k: cfg[k] for k in ("num_frames", "size")}
@@ -102,16 +108,17 @@ def run(params, args) -> None:
                 "Fix or remove them, or set frames.skip_bad: true to drop those samples."
             )
         print(f"frames: skipping {len(bad)} bad video(s), {affected} samples dropped (frames.skip_bad), see {report}")
+    bad.update({vid: f"same source as {first}: {bad[first]}" for vid, first in aliases.items() if first in bad})
     kept = {vid: done[vid] for vid in videos if vid in done and vid not in bad}
     past_end = {vid: entry["past_end_s"] for vid, entry in kept.items() if entry.get("past_end_s")}
     if past_end:  # e.g. a TVQA ts window that runs past the clip: its frames come from the part inside the clip
         worst = max(past_end, key=past_end.get)
         print(f"frames: {len(past_end)} window(s) end after their clip's last frame and were cut there "
               f"(by up to {past_end[worst]:.2f} s, {worst}); listed with past_end_s in {OUT / 'index.json'}")
-    _assemble(kept, cache, cfg, bad, suffix)
+    _assemble(kept, cache, cfg, bad, suffix, {vid: first for vid, first in aliases.items() if first in kept})
 
 
-def _assemble(done: dict[str, dict], cache: Path, cfg, bad: dict[str, str], suffix: str) -> None:
+def _assemble(done: dict[str, dict], cache: Path, cfg, bad: dict[str, str], suffix: str, aliases: dict[str, str]) -> None:
     tmp = OUT.with_name(OUT.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -125,11 +132,14 @@ def _assemble(done: dict[str, dict], cache: Path, cfg, bad: dict[str, str], suff
             entry = {**entry, "digest": pixel_digest(frames), "shape": list(frames.shape)}
         index[vid] = {"file": name, "times": entry["times"], "num_frames": cfg["num_frames"], "shape": entry["shape"],
                       "digest": entry["digest"], **({"past_end_s": entry["past_end_s"]} if entry.get("past_end_s") else {})}
+    for vid, first in sorted(aliases.items()):  # the same file and entry as the video it repeats
+        index[vid] = index[first]
     atomic_write_json(tmp / "index.json", index)
     atomic_write_json(tmp / "bad_videos.json", bad)
     shutil.rmtree(OUT, ignore_errors=True)
     tmp.rename(OUT)
-    print(f"frames: {len(index)} videos x {cfg['num_frames']} frames -> {OUT}")
+    shared = f" ({len(aliases)} sharing another id's frames)" if aliases else ""
+    print(f"frames: {len(index)} videos{shared} x {cfg['num_frames']} frames -> {OUT}")
 
 
 def main(argv=None) -> int:

@@ -107,8 +107,32 @@ def test_loader_workers_give_the_same_training_as_the_main_process(cache):
         train_split = SplitTensors(samples["train"], features, cfg, teacher, None)
         val_split = SplitTensors(samples["val"], features, cfg, None, None)
         results.append(train_module.train(cfg, train_split, val_split, FeatureBatcher(features), features))
-    assert results[1]["train_config"]["loader_workers"] == 2
+    assert "loader_workers" not in results[1]["train_config"]  # how it ran, not what it computed: not in the checkpoint
     assert results[0]["model"].keys() == results[1]["model"].keys()
     assert all(torch.equal(results[0]["model"][k], results[1]["model"][k]) for k in results[0]["model"])
     with pytest.raises(ValueError, match="loader_workers"):
         config(loader_workers=-1)
+
+
+def test_seed_embeddings_of_another_width_are_refused_not_projected_again(cache):
+    from test_train_ddp import HIDDEN
+
+    features = CachedFeatures(cache / "features")
+    samples = {name: read_samples(cache / f"{name}.jsonl") for name in ("train", "val")}
+    teacher = load_teacher_outputs(cache / "teacher.jsonl", keep_hidden=True)
+    for row in teacher.values():
+        row["projected"] = True  # as the seed_jsonl teacher marks its teacher_embedding rows
+    cfg = config(epochs=1, distill={"mode": "hard", "embed_weight": 0.4})
+    train_split = SplitTensors(samples["train"], features, cfg, teacher, None)
+    val_split = SplitTensors(samples["val"], features, cfg, None, None)
+    assert train_split.teacher_hidden_projected and HIDDEN != features.embed_dim
+    with pytest.raises(ValueError, match=f"already projected to {HIDDEN} dimensions .* the student is {features.embed_dim} wide"):
+        train_module.train(cfg, train_split, val_split, FeatureBatcher(features), features)
+    for row in teacher.values():
+        row.pop("projected")  # this project's own teachers: a hidden state of any width, projected by the embed term
+    train_split = SplitTensors(samples["train"], features, cfg, teacher, None)
+    result = train_module.train(cfg, train_split, val_split, FeatureBatcher(features), features, teacher_family="chatunivi")
+    assert result["train_config"]["distill"]["embed_weight"] == 0.4
+    from cater.train import seed_teacher_name
+
+    assert seed_teacher_name("chatunivi") == "chatunivl" and seed_teacher_name("videollava") == "videollava"

@@ -173,7 +173,16 @@ def test_teacher_reads_choice_and_embedding_by_sample_id(tmp_path):
     assert out.hard_idx == rows[1]["teacher_hard_idx"] and out.choice_only
     assert np.argmax(out.choice_logits) == out.hard_idx and sorted(out.choice_logits)[:4] == [-100.0] * 4
     np.testing.assert_allclose(out.hidden, rows[1]["teacher_embedding"], rtol=1e-6)
-    assert len(outputs) == 8 and all(o.hard_idx is not None for o in outputs.values())
+    assert len(outputs) == 8 and all(o.hard_idx is not None and o.projected for o in outputs.values())
+
+
+def test_teacher_row_digest_follows_its_teacher_fields(tmp_path):
+    root = write_seed_release(tmp_path, {"train": 2, "val": 1, "test": 1})
+    before = _teacher(root).sample_source("train-1")
+    assert before == _teacher(root).sample_source("train-1") and before != _teacher(root).sample_source("train-2")
+    rows = [json.loads(line) for line in (root / "data/jsonl/train.jsonl").read_text().splitlines()]
+    _rewrite(root / "data/jsonl/train.jsonl", 2, teacher_hard_idx=(rows[1]["teacher_hard_idx"] + 1) % 5)  # same size
+    assert _teacher(root).sample_source("train-1") != before  # a cached row for the old choice is not reused
 
 
 def test_teacher_rows_without_a_choice_are_missing_and_foreign_rows_fail(tmp_path):
@@ -184,7 +193,8 @@ def test_teacher_rows_without_a_choice_are_missing_and_foreign_rows_fail(tmp_pat
     item = TeacherInput(sample.id, np.zeros((1, 2, 2, 3), np.uint8), sample.question, sample.choices)
     out = teacher.score([item])[0]
     assert out.choice_logits is None and out.missing_reason == "no teacher_hard_idx in the seed JSONL"
-    assert teacher.score([TeacherInput("test-99", item.frames, "q", ["a", "b"])])[0].missing_reason == "not in the seed JSONL files"
+    with pytest.raises(TeacherError, match="sample test-99 is not in the seed JSONL files"):
+        teacher.score([TeacherInput("test-99", item.frames, "q", ["a", "b"])])
     with pytest.raises(TeacherError, match="train.jsonl:1: the choices differ"):
         teacher.score([TeacherInput(sample.id, item.frames, sample.question, ["x", "y"])])
     _rewrite(root / "data/jsonl/train.jsonl", 2, teacher_hard_idx=9)
@@ -234,6 +244,13 @@ def test_dvc_repro_runs_a_seed_users_files_with_the_seed_recipe(tmp_path):
     subset = run(["cater", "eval", "--checkpoint", "models/student.safetensors", "--split-file", str(tmp_path / "subset.jsonl"),
                   "--out", str(tmp_path / "subset.json")], root)
     assert json.loads((tmp_path / "subset.json").read_text())["metrics"]["n"] == 4 and "on 4 questions" in subset.stdout
+    from cater.train import load_student, save_student
+
+    _, checkpoint = load_student(root / "models/student.safetensors")
+    checkpoint["features"]["backbone"]["seed"] = 99  # as if trained on another backbone of the same width
+    save_student(checkpoint, tmp_path / "other.safetensors")
+    other = run(["cater", "eval", "--checkpoint", str(tmp_path / "other.safetensors")], root, check=False)
+    assert other.returncode == 1 and "trained on other features" in other.stderr
     foreign = json.loads(lines[0]) | {"id": "test-999"}
     (tmp_path / "foreign.jsonl").write_text(json.dumps(foreign) + "\n")
     refused = run(["cater", "eval", "--split-file", str(tmp_path / "foreign.jsonl")], root, check=False)

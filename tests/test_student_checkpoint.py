@@ -157,5 +157,6 @@ def test_cater_checkpoint_prints_the_training_arguments_and_global_step(trained,
     assert info["best_global_step"] == checkpoint["best_global_step"] > 0
     assert info["best_epoch"] == checkpoint["best_epoch"] and info["val_accuracy"] == checkpoint["val_accuracy"]
     assert info["parameters"] == sum(t.numel() for t in checkpoint["model"].values())
+    assert info["features"] == checkpoint["features"] and info["features"]["embed_dim"] > 0  # what it was trained on
     assert main([str(tmp_path / "missing.safetensors")]) == 1
     assert "student checkpoint missing" in capsys.readouterr().err

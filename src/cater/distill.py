@@ -8,7 +8,8 @@
             over the samples that have a teacher hidden state (`teacher_hidden_valid`)
     embed   (optional, any mode but none) + w_embed * MSE(normalize(video), normalize(R @ teacher hidden)):
             the seed repository's "soft" loss. R is a fixed Gaussian projection (not trained), seeded as the
-            seed seeds it (`embed_seed`, the hidden width and the teacher's name); no projection when the
+            seed seeds it (`embed_seed`, the hidden width and the teacher family's name as the seed spells it);
+            no projection when the
             hidden state already has the student's width (a seed JSONL `teacher_embedding`).
 
 Samples whose teacher output is missing contribute only the label term; the ground truth is

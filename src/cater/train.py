@@ -65,6 +65,14 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
 
 
+SEED_TEACHER_NAMES = {"chatunivi": "chatunivl"}  # the seed's spelling, which seeds its projection
+
+
+def seed_teacher_name(family: str) -> str:
+    """The teacher's name as the seed's build_teacher_cache.py --teacher_name spells it."""
+    return SEED_TEACHER_NAMES.get(family, family)
+
+
 def lr_factor(step: int, total_steps: int, schedule: str, warmup_fraction: float) -> float:
     """The learning-rate multiplier at optimizer step `step` (0-based) of `total_steps`."""
     if schedule == "constant":
@@ -219,8 +227,12 @@ class SplitTensors:
         self.teacher_hidden_valid = torch.zeros(n, dtype=torch.bool)  # a finite teacher hidden state: the align term
         self.nonfinite_teacher_rows = 0  # rows whose choice_logits hold NaN / inf: used as missing
         self.nonfinite_teacher_hidden = 0  # rows whose hidden state holds NaN / inf: no align target
+        self.teacher_hidden_projected = False  # the rows' hidden states are embeddings in the student's space already
+        self.teacher_source = None
         if teacher is not None:
             source = getattr(teacher, "path", None) or "teacher outputs"
+            self.teacher_source = source
+            self.teacher_hidden_projected = any(bool(row.get("projected")) for row in teacher.values())
             hidden = []
             for i, s in enumerate(samples):
                 row = teacher.get(s.id)
@@ -382,8 +394,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, batcher: FeatureBatcher,
           features: CachedFeatures, log: Callable[[int, dict[str, float]], None] | None = None,
-          accelerator=None) -> dict[str, Any]:
-    """Train; select the epoch with the best validation accuracy. Returns the checkpoint dict."""
+          accelerator=None, teacher_family: str | None = None) -> dict[str, Any]:
+    """Train; select the epoch with the best validation accuracy. Returns the checkpoint dict. `teacher_family`
+    (videollava, flamingo, chatunivi) names the teacher in the embed term's fixed projection, as the seed does."""
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
@@ -391,7 +404,13 @@ def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, 
     accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     student = build_student(cfg, features)
     teacher_dim = train_split.teacher_hidden.shape[-1] if train_split.teacher_hidden is not None else 0
-    loss = DistillationLoss(cfg.distill, features.embed_dim, teacher_dim, cfg.teacher)
+    if cfg.distill.embed_weight > 0 and train_split.teacher_hidden_projected and teacher_dim != features.embed_dim:
+        raise ValueError(
+            f"{train_split.teacher_source}: the teacher embeddings are already projected to {teacher_dim} dimensions (the "
+            f"seed's --d_model), but the student is {features.embed_dim} wide (features.backbone); projecting them again "
+            f"would compare random directions. Use a backbone of width {teacher_dim}, or rebuild the seed's teacher cache "
+            f"with --d_model {features.embed_dim}")
+    loss = DistillationLoss(cfg.distill, features.embed_dim, teacher_dim, seed_teacher_name(teacher_family or cfg.teacher))
     module = StudentWithLoss(student, loss)
     optimizer = torch.optim.AdamW(parameter_groups(module, cfg.weight_decay), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -437,8 +456,14 @@ def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, 
         "best_global_step": best["global_step"],
         "val_accuracy": best["val_accuracy"],
         "student_config": build_student(cfg, features).config.to_dict(),
-        "train_config": {**asdict(cfg), "distill": asdict(cfg.distill)},
+        "train_config": {k: v for k, v in {**asdict(cfg), "distill": asdict(cfg.distill)}.items() if k not in RUNTIME_FIELDS},
+        "features": features_identity(features),
     }
+
+
+def features_identity(features: CachedFeatures) -> dict[str, Any]:
+    """What a checkpoint was trained on: the backbone spec and the shapes of its feature store."""
+    return {"backbone": features.index.get("backbone"), "embed_dim": features.embed_dim, "num_frames": features.num_frames}
 
 
 # ---- the checkpoint file: safetensors + JSON metadata, never a pickle ------------------------------------------
@@ -446,6 +471,8 @@ def train(cfg: TrainConfig, train_split: SplitTensors, val_split: SplitTensors, 
 CHECKPOINT_METADATA_KEY = "cater_student"  # the one safetensors metadata entry: the JSON of CHECKPOINT_FIELDS
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_FIELDS = ("best_epoch", "best_global_step", "val_accuracy", "student_config", "train_config")
+OPTIONAL_CHECKPOINT_FIELDS = ("features",)  # absent from checkpoints written before it existed
+RUNTIME_FIELDS = ("loader_workers",)  # how training ran, not what it computed: kept out of the checkpoint
 
 
 def checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
@@ -454,7 +481,7 @@ def checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
     entry with sorted keys gives the same bytes in every run)."""
     from safetensors.torch import save
 
-    meta = {key: checkpoint[key] for key in CHECKPOINT_FIELDS}
+    meta = {key: checkpoint[key] for key in (*CHECKPOINT_FIELDS, *OPTIONAL_CHECKPOINT_FIELDS) if key in checkpoint}
     meta["format"] = CHECKPOINT_FORMAT
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in checkpoint["model"].items()}
     return save(tensors, metadata={CHECKPOINT_METADATA_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))})
@@ -510,6 +537,6 @@ def load_student(checkpoint_path: str | Path) -> tuple[CaTeRStudent, dict]:
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ValueError(f"{path}: student checkpoint metadata / weights do not fit (student_config: "
                          f"{type(exc).__name__}: {str(exc)[:300]})") from None
-    checkpoint = {key: info[key] for key in CHECKPOINT_FIELDS}
+    checkpoint = {key: info[key] for key in (*CHECKPOINT_FIELDS, *OPTIONAL_CHECKPOINT_FIELDS) if key in info}
     checkpoint["model"] = tensors
     return student.eval(), checkpoint

@@ -23,6 +23,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     info = {key: checkpoint[key] for key in CHECKPOINT_FIELDS}
+    info["features"] = checkpoint.get("features")  # the backbone and store shapes it was trained on (None: older file)
     info["parameters"] = sum(t.numel() for t in checkpoint["model"].values())
     print(json.dumps(info, indent=2, sort_keys=True))
     return 0

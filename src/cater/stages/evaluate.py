@@ -51,9 +51,15 @@ def evaluate_file(checkpoint_path: Path, split_file: Path, out: Path | None, pre
     from cater.stages.train import FEATURES
     from cater.train import FeatureBatcher, SplitTensors, TrainConfig, derangement
 
+    from cater.train import features_identity
+
     student, checkpoint = load_student(checkpoint_path)
     cfg = TrainConfig(**checkpoint["train_config"])
     features = CachedFeatures(FEATURES)
+    trained_on, here = checkpoint.get("features"), features_identity(features)
+    if trained_on is not None and trained_on != here:
+        raise ValueError(f"{checkpoint_path}: trained on other features ({trained_on}) than {FEATURES} holds ({here}); "
+                         "evaluate it on the feature store it was trained with (dvc checkout / dvc exp apply)")
     samples = read_samples(split_file)
     if not samples:
         raise ValueError(f"{split_file}: no questions")

@@ -130,7 +130,10 @@ def run(name: str, params_path: str, progress: bool = True) -> None:
         safe_name(name, "teacher name")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    config = teacher_config(name, load_params(params_path, required=("teacher",)), params_path)
+    params = load_params(params_path, required=("teacher",))
+    config = teacher_config(name, params, params_path)
+    if config.family == "seed_jsonl" and "splits" not in config.extra and (params.get("dataset") or {}).get("splits"):
+        config.extra["splits"] = params["dataset"]["splits"]  # the dataset's own files, under the same names
     splits = read_splits()
     frame_store = FrameStore(FRAMES_DIR)
     for split, samples in splits.items():

@@ -73,7 +73,8 @@ def run(params, args) -> None:
                 live.log_metric(key, value)
             live.next_step()
 
-        checkpoint = train(cfg, tensors["train"], tensors["val"], batcher, features, log=log)
+        family = ((params.get("teacher") or {}).get("models") or {}).get(cfg.teacher, {}).get("family")
+        checkpoint = train(cfg, tensors["train"], tensors["val"], batcher, features, log=log, teacher_family=family)
         live.summary["best_epoch"] = checkpoint["best_epoch"]
         live.summary["best_val_accuracy"] = checkpoint["val_accuracy"]
     save_student(checkpoint, CHECKPOINT)  # atomic; the same bytes for the same checkpoint in every run

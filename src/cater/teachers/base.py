@@ -38,6 +38,7 @@ class TeacherOutput:
     hidden: np.ndarray | None  # float32 [hidden_size]
     missing_reason: str | None = None
     choice_only: bool = False  # the teacher gave a choice, not a distribution (the logits only encode it)
+    projected: bool = False  # `hidden` is already an embedding in the student's space (the seed's teacher_embedding)
 
     @property
     def missing(self) -> bool:
@@ -69,6 +70,11 @@ class Teacher(ABC):
     @abstractmethod
     def score(self, batch: list[TeacherInput]) -> list[TeacherOutput]:
         """Score a batch in one forward pass; return one output per input, in order."""
+
+    def sample_source(self, sample_id: str) -> str | None:
+        """A digest of what this teacher's output for `sample_id` depends on besides the sample and its frames
+        (None: nothing; a model's weights are in the stage's config hash)."""
+        return None
 
     # -- fine-tuning (optional; cater.teachers.finetune uses these) -------------------------------------
 

@@ -25,7 +25,7 @@ from cater.io import RowStore, encode_array, stable_hash
 from cater.teachers.base import LETTERS, Teacher, TeacherError, TeacherInput, TeacherOutput
 
 ROW_FIELDS = ("key", "choice_logits", "hard_idx", "hidden", "missing_reason")
-OPTIONAL_ROW_FIELDS = ("choice_only",)  # present only when true (a teacher that gives a choice, not a distribution)
+OPTIONAL_ROW_FIELDS = ("choice_only", "projected")  # present only when true (see TeacherOutput)
 
 
 def check_samples(samples: Iterable[Sample], frame_store: FrameStore, source: str = "samples") -> None:
@@ -45,9 +45,11 @@ def check_samples(samples: Iterable[Sample], frame_store: FrameStore, source: st
             raise TeacherError(f"{where}: video {sample.video_id!r} has 0 stored frames in {frame_store.directory}")
 
 
-def input_digest(sample: Sample, frame_store: FrameStore) -> str:
-    """What the teacher sees of a sample (never the answer); a cached row is valid only for this digest."""
-    return stable_hash({
+def input_digest(sample: Sample, frame_store: FrameStore, source: str | None = None) -> str:
+    """What the teacher sees of a sample (never the answer); a cached row is valid only for this digest. `source`:
+    what else the teacher's output depends on per sample (`Teacher.sample_source`), e.g. a precomputed row."""
+    extra = {} if source is None else {"source": source}
+    return stable_hash({**extra, 
         "video_id": sample.video_id,
         "frames": frame_store.index.get(sample.video_id),
         "question": sample.question,
@@ -80,6 +82,8 @@ def output_row(output: TeacherOutput) -> dict[str, Any]:
     }
     if output.choice_only:
         row["choice_only"] = True
+    if output.projected:
+        row["projected"] = True
     return row
 
 
@@ -118,7 +122,7 @@ def score_samples(
     rank = accelerator.process_index if accelerator is not None else 0
     is_main = accelerator is None or accelerator.is_main_process
     store = RowStore(store_dir, config_for_hash, writer=str(rank))
-    digests = {s.id: input_digest(s, frame_store) for s in samples}
+    digests = {s.id: input_digest(s, frame_store, teacher.sample_source(s.id)) for s in samples}
     done = set(_valid_rows(store, digests))
     barrier(accelerator)  # every rank sees the same finished set before anyone appends
 

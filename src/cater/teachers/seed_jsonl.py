@@ -2,8 +2,8 @@
 ship in the seed JSONL files: `teacher_hard_idx` (the chosen option) and `teacher_embedding` (its hidden state,
 already projected to the student's width and normalised by the seed).
 
-`model` is the folder of the seed JSONL files (the dataset's `annotations`); `splits` (optional) maps splits to
-file names exactly as `dataset.splits` does. Rows are found by sample id (`<split>-<id>`) and read by byte offset,
+`model` is the folder of the seed JSONL files (the dataset's `annotations`); `splits` (default: `dataset.splits`)
+maps splits to file names exactly as `dataset.splits` does; a sample missing from them is an error. Rows are found by sample id (`<split>-<id>`) and read by byte offset,
 so memory holds one offset per sample. The seed gives a choice, not a distribution: the stored logits are 0 for
 the choice and -100 elsewhere, and the rows are marked `choice_only`, which the train stage refuses for the
 distribution terms (`distill.mode` soft / hybrid); the seed's own recipe is `mode: hard` + `embed_weight`.
@@ -45,6 +45,16 @@ class SeedJsonlTeacher(Teacher):
             raise TeacherError(str(exc)) from None
         self.hidden_size = 0
 
+    def sample_source(self, sample_id: str) -> str | None:
+        """The row's teacher fields: an edited teacher_hard_idx or teacher_embedding makes its cached row stale."""
+        from cater.io import stable_hash
+
+        found = self._row(sample_id)
+        if found is None:
+            return None
+        record = found[1]
+        return stable_hash([record.get("teacher_hard_idx"), record.get("teacher_embedding"), record.get("choices")])
+
     def _row(self, sample: str) -> tuple[str, dict] | None:
         where = self.locations.get(sample)
         if where is None:
@@ -59,8 +69,9 @@ class SeedJsonlTeacher(Teacher):
         for item in batch:
             found = self._row(item.id)
             if found is None:
-                outputs.append(TeacherOutput(item.id, None, None, None, "not in the seed JSONL files"))
-                continue
+                raise TeacherError(f"sample {item.id} is not in the seed JSONL files {sorted(str(p) for p in self.files.values())}; "
+                                   "the teacher reads the dataset's own files (teacher `model` = dataset.annotations, "
+                                   "`splits` = dataset.splits)")
             where, record = found
             if record.get("choices") != item.choices:
                 raise TeacherError(f"{where}: the choices differ from sample {item.id}'s; the teacher files and the dataset "
@@ -87,5 +98,5 @@ class SeedJsonlTeacher(Teacher):
                     outputs.append(TeacherOutput(item.id, None, None, None, "non-finite teacher_embedding"))
                     continue
             logits = [0.0 if i == hard else NOT_CHOSEN for i in range(len(item.choices))]
-            outputs.append(TeacherOutput(item.id, logits, hard, hidden, choice_only=True))
+            outputs.append(TeacherOutput(item.id, logits, hard, hidden, choice_only=True, projected=hidden is not None))
         return outputs

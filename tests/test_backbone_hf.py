@@ -135,6 +135,12 @@ def test_features_stage_with_transformers(checkpoint, tmp_path, monkeypatch):
     params["features"] = {**params["features"], "device": "cpu", "library": "transformers", "backbone": "tiny-hf-clip",
                           "pretrained": str(checkpoint)}
     params["prompts"]["generators"] = {"gpt": {"backend": "openai", "model": "gpt-4o-mini"}}
+    with pytest.raises(ValueError, match="features.pretrained is the machine path"):
+        stage.run(params, None)  # a machine path would enter data/features/index.json
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/tiny-hf-clip").symlink_to(checkpoint, target_is_directory=True)
+    params["features"]["pretrained"] = "models/tiny-hf-clip"
+    checkpoint = Path("models/tiny-hf-clip")
 
     stage.run(params, None)
     store = CachedFeatures(tmp_path / "data/features")

@@ -7,6 +7,7 @@ data/.cache/features/<config hash>/ so a killed run resumes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -129,8 +130,19 @@ def cache_key(spec: BackboneSpec, architecture: dict, frame_size: int, num_frame
                         "weights": checkpoint_fingerprint(spec.pretrained) if spec.pretrained and spec.pretrained != "openai" else None})
 
 
+def check_pretrained(cfg: dict, source: str = "params.yaml") -> None:
+    """A local checkpoint path is written into data/features/index.json and the train stage rebuilds the backbone
+    from it: it must be relative to the repository, or every output would be machine-specific."""
+    pretrained = cfg.get("pretrained")
+    if pretrained and os.path.isabs(pretrained):
+        raise ValueError(f"{source}: features.pretrained is the machine path {pretrained!r}; link the checkpoint into the "
+                         f"repository (ln -s {pretrained} models/{Path(pretrained).name}) and name it relative to it "
+                         f"(models/{Path(pretrained).name}), so data/features and dvc.lock stay the same on every machine")
+
+
 def run(params, args) -> None:
     cfg = params["features"]
+    check_pretrained(cfg)
     samples = [s for split in SPLITS for s in read_samples(SPLITS_DIR / f"{split}.jsonl")]
     frames = FrameStore(FRAMES)
     num_frames = params["frames"]["num_frames"]

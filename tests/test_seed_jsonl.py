@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cater.data.adapters import AdapterError
 from cater.data.seed_jsonl import load
@@ -100,7 +101,7 @@ def _rewrite(path: Path, line: int, **changes) -> None:
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"frame_paths": None, "action_id": 3}, "train.jsonl:3: field 'frame_paths' is missing or empty (a seed toy row"),
+    ({"frame_paths": None, "action_id": 3}, "train.jsonl:3: field 'frame_paths' is missing or empty (and no toy"),
     ({"answer_idx": 7}, "train.jsonl:3: field 'answer_idx' is 7, out of range for 5 choices"),
     ({"frame_paths": ["/abs/frame_00.png"]}, "train.jsonl:3: frame path '/abs/frame_00.png' must be relative"),
     ({"frame_paths": ["data/msrvtt_frames/video0/frame_00.png", "data/msrvtt_frames/video1/frame_00.png"]},
@@ -258,3 +259,71 @@ def test_dvc_repro_runs_a_seed_users_files_with_the_seed_recipe(tmp_path):
     set_params(root / "params.yaml", {"train.distill": {"mode": "hybrid"}})
     failed = run(["dvc", "repro", "train"], root, check=False)
     assert failed.returncode != 0 and "the teacher gives only its choice" in failed.stdout + failed.stderr
+
+
+def write_seed_toy_release(root: Path, sizes: dict[str, int], dim: int = EMBED_DIM) -> Path:
+    """Rows in the schema of the seed's make_toy_data.py (ids restart per file; frames drawn from action_id and
+    frame_seed; teacher_embedding at d_model), written by this test's own generator."""
+    actions = ["opening a door", "sitting on a chair", "drinking water", "reading a book", "running outside", "lifting a box"]
+    rng = np.random.default_rng(1)
+    (root / "toy").mkdir(parents=True)
+    for split, n in sizes.items():
+        lines = []
+        for i in range(n):
+            action = int(rng.integers(len(actions)))
+            choices = [actions[(action + k) % len(actions)] for k in range(5)]
+            answer = int(rng.integers(5))
+            choices[0], choices[answer] = choices[answer], choices[0]
+            embedding = rng.normal(size=dim)
+            lines.append(json.dumps({
+                "id": i, "dataset": "toy", "action_id": action, "question": "What is the main event in this video?",
+                "choices": choices, "answer_idx": answer, "teacher_hard_idx": answer if i % 10 else (answer + 1) % 5,
+                "event_prompts": [f"The person is {actions[action]} and step {t}." for t in range(6)],
+                "frame_prompts": [f"A frame shows a person {actions[action]}." for _ in range(6)],
+                "teacher_embedding": (embedding / np.linalg.norm(embedding)).tolist(),
+                "frame_seed": int(rng.integers(1, 1_000_000))}))
+        (root / "toy" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "toy"
+
+
+def test_toy_rows_get_this_projects_rendered_frames(tmp_path, monkeypatch):
+    from cater.data.adapters import adapter_stats
+    from cater.data.seed_jsonl import TOY_FRAMES, render_toy_video
+
+    folder = write_seed_toy_release(tmp_path, {"train": 6, "val": 2, "test": 2})
+    samples = load({"name": "seed_jsonl", "annotations": str(folder)})
+    stats = adapter_stats("seed_jsonl")
+    assert len(samples) == 10 and stats["toy_videos"] == len({s.video for s in samples}) == len(stats["toy_render"])
+    first = samples[0]
+    assert first.video.startswith("data/videos/seed_toy/action") and first.given_prompts["event"][0].startswith("The person is")
+    action, seed = stats["toy_render"][first.video]
+    render_toy_video(tmp_path / "a", action, seed)
+    render_toy_video(tmp_path / "b", action, seed)
+    render_toy_video(tmp_path / "c", (action + 1) % 6, seed)
+    a, b, c = ([np.asarray(Image.open(p)) for p in sorted((tmp_path / d).glob("*.png"))] for d in "abc")
+    assert len(a) == TOY_FRAMES and all(np.array_equal(x, y) for x, y in zip(a, b))  # deterministic
+    assert not np.array_equal(a[0], a[-1])  # the block moves
+    assert abs(a[0].mean(axis=(0, 1)) - c[0].mean(axis=(0, 1))).max() > 10  # another action, another colour
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_seeds_toy_format(tmp_path):
+    from helpers.dvc_workspace import link_dataset, make_workspace, run, set_params
+
+    folder = write_seed_toy_release(tmp_path / "seed", {"train": 40, "val": 10, "test": 10})
+    root = make_workspace(tmp_path, {
+        "frames.num_frames": 6,
+        "prompts.generators": {"seed": {"backend": "given"}},
+        "teacher.models": {"seed": {"family": "seed_jsonl", "model": "data/raw/seed_jsonl"}},
+        "train.prompt_generator": "seed",
+        "train.teacher": "seed",
+        "train.distill": {"mode": "hard", "hard_weight": 0.5, "embed_weight": 0.4},
+    })
+    set_params(root / "params.yaml", {"dataset": link_dataset(root, {"name": "seed_jsonl", "annotations": str(folder)}, folder)})
+    result = run(["dvc", "repro"], root)
+    assert "dataset seed_jsonl: samples 60" in result.stdout and "toy_videos" in result.stdout
+    assert len(list((root / "data/videos/seed_toy").glob("*/frame_*.png"))) % 8 == 0
+    summary = json.loads((root / "data/teacher/seed/summary.json").read_text())
+    assert summary["missing"] == 0 and summary["splits"]["test"]["accuracy"] == pytest.approx(0.9)  # id 0 is off
+    metrics = json.loads((root / "metrics/eval.json").read_text())
+    assert metrics["test"]["n"] == 10 and json.loads((root / "metrics/train/metrics.json").read_text())["loss"]["embed"] > 0

@@ -20,8 +20,11 @@ The folder of a row's frame_paths is its video, read as a frame folder: the fram
 extract script writes; anything else is an error naming file:line), and with `frames.num_frames` equal to that
 count (printed as `frames_per_row`) every listed frame is read and the i-th prompt meets the i-th frame, as in
 the seed. A smaller `frames.num_frames` samples the listed frames uniformly where the seed takes the first N.
-The seed's toy rows without frame_paths (frames drawn by the seed's own renderer from `action_id` /
-`frame_seed`) are refused: this project does not copy that renderer.
+The seed's toy rows (`make_toy_data.py`: no frame_paths; the seed draws their frames from `action_id` and
+`frame_seed` on the fly) get frames from this project's own toy renderer (`render_toy_video`: an action-coloured
+background with a block that moves with time, noise seeded by `frame_seed`), written by the dataset stage as
+`TOY_FRAMES` PNG images per (action_id, frame_seed) under `toy_dir` (default data/videos/seed_toy). The pixels are
+not the seed's, so toy numbers are comparable with each other, not with the seed's toy runs.
 
 Prompts are per video here and per question in the seed. Rows of one folder whose prompts are identical share one
 video; when they differ (the seed's MSRVTT script asks the LLM once per question, choices included), each row becomes
@@ -39,6 +42,8 @@ from cater.data.schema import SPLITS, Sample
 
 KEYS = COMMON_KEYS | {"frames_root"}
 DEFAULTS = {"splits": list(SPLITS), "check_videos": True, "frames_root": None}
+TOY_DIR = Path("data/videos/seed_toy")  # where the dataset stage renders the toy rows' frames
+TOY_FRAMES, TOY_SIZE = 8, 64
 QUESTION_WORDS = ("what", "who", "how", "when", "where", "which", "why")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 
@@ -103,11 +108,38 @@ def _check_row(record: dict, where: str) -> None:
     if isinstance(answer, bool) or not isinstance(answer, int):
         raise AdapterError(f"{where}: field 'answer_idx' must be an integer")
     if "frame_paths" not in record or not record["frame_paths"]:
-        toy = " (a seed toy row: its frames come from the seed's own renderer, which is not reproduced here)" \
-            if "action_id" in record else ""
-        raise AdapterError(f"{where}: field 'frame_paths' is missing or empty{toy}; extract the frames to image files "
-                           "and list them (the seed's scripts/extract_msrvtt_frames.py layout)")
+        if is_toy(record):
+            return
+        raise AdapterError(f"{where}: field 'frame_paths' is missing or empty (and no toy action_id / frame_seed); "
+                           "extract the frames to image files and list them (the seed's extract_msrvtt_frames.py layout)")
     _string_list(record, "frame_paths", where, required=True)
+
+
+def is_toy(record: dict) -> bool:
+    """A make_toy_data.py row: integer action_id and frame_seed, no frame files."""
+    return not record.get("frame_paths") and all(
+        isinstance(record.get(k), int) and not isinstance(record.get(k), bool) for k in ("action_id", "frame_seed"))
+
+
+def toy_folder(record: dict) -> Path:
+    return TOY_DIR / f"action{record['action_id']}-seed{record['frame_seed']}"
+
+
+def render_toy_video(folder: Path, action_id: int, frame_seed: int, frames: int = TOY_FRAMES, size: int = TOY_SIZE) -> None:
+    """This project's toy frames: the background colour names the action, a block moves across with time."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(frame_seed)
+    colour = np.array([(action_id * 53) % 200 + 30, (action_id * 97 + 60) % 200 + 30, (action_id * 151 + 120) % 200 + 30])
+    block = size // 4
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        image = np.clip(colour + rng.normal(0, 8, (size, size, 3)), 0, 255)
+        x = (action_id * 11 + t * (size - block) // max(1, frames - 1)) % (size - block + 1)
+        y = (action_id * 17) % (size - block + 1)
+        image[y : y + block, x : x + block] = 255 - colour
+        Image.fromarray(image.astype(np.uint8)).save(folder / f"frame_{t:02d}.png")
 
 
 def _frame_folder(paths: list[str], root: Path, where: str, check: bool) -> Path:
@@ -138,6 +170,7 @@ def load(cfg: dict) -> list[Sample]:
     rows: list[tuple[str, dict, Path, dict | None]] = []
     seen: dict[str, str] = {}
     listed: dict[Path, tuple[list[str], str]] = {}  # per folder: the image names its first row lists, and where
+    toy_videos: dict[str, tuple[int, int]] = {}  # toy folder -> (action_id, frame_seed), rendered by the dataset stage
     for split, path in files.items():
         for lineno, _, record in iter_rows(path):
             where = f"{path}:{lineno}"
@@ -147,12 +180,16 @@ def load(cfg: dict) -> list[Sample]:
             if not 0 <= record["answer_idx"] < len(record["choices"]):
                 raise AdapterError(f"{where}: field 'answer_idx' is {record['answer_idx']}, out of range for "
                                    f"{len(record['choices'])} choices")
-            frames = _frame_folder(record["frame_paths"], root, where, opts["check_videos"])
-            names = sorted(Path(p).name for p in record["frame_paths"])
-            first = listed.setdefault(frames, (names, where))
-            if first[0] != names:
-                raise AdapterError(f"{where}: frame_paths list other images of {frames} than {first[1]} does; the rows of "
-                                   "one folder must list the same frames")
+            if is_toy(record):
+                frames = toy_folder(record)
+                toy_videos[str(frames)] = (record["action_id"], record["frame_seed"])
+            else:
+                frames = _frame_folder(record["frame_paths"], root, where, opts["check_videos"])
+                names = sorted(Path(p).name for p in record["frame_paths"])
+                first = listed.setdefault(frames, (names, where))
+                if first[0] != names:
+                    raise AdapterError(f"{where}: frame_paths list other images of {frames} than {first[1]} does; the "
+                                       "rows of one folder must list the same frames")
             events = _string_list(record, "event_prompts", where, required=False)
             frame_prompts = _string_list(record, "frame_prompts", where, required=False)
             given = None if events is None else {"event": events, **({"frame": frame_prompts} if frame_prompts else {})}
@@ -180,9 +217,10 @@ def load(cfg: dict) -> list[Sample]:
                 raise AdapterError(f"{where}: frame_paths list {len(names)} of the {len(images)} images in {frames} "
                                    f"(not listed: {', '.join(unlisted[:3])}{' ...' if len(unlisted) > 3 else ''}); this "
                                    "project reads a folder's images, so list them all or move the others out")
-    counts = sorted({len(names) for names, _ in listed.values()})
+    counts = sorted({len(names) for names, _ in listed.values()} | ({TOY_FRAMES} if toy_videos else set()))
     last_stats = {"dataset": "seed_jsonl", "samples": len(samples), "videos": len({s.video_id for s in samples}),
                   "per_row_videos": per_row_videos,
                   "frames_per_row": "/".join(str(c) for c in counts) + " (set frames.num_frames to it)",
-                  "with_prompts": sum(s.given_prompts is not None for s in samples)}
+                  "with_prompts": sum(s.given_prompts is not None for s in samples),
+                  "toy_videos": len(toy_videos), "toy_render": toy_videos}
     return samples

@@ -70,7 +70,13 @@ def run(params, args) -> None:
         samples = ADAPTERS[name]({**cfg, "name": name})
         from cater.data.adapters import adapter_stats
 
-        stats = {k: v for k, v in adapter_stats(name).items() if k != "dataset" and not isinstance(v, (dict, list))}
+        stats = adapter_stats(name)
+        if stats.get("toy_render"):  # seed toy rows: their frames are drawn here, into data/videos
+            from cater.data.seed_jsonl import render_toy_video
+
+            for folder, (action_id, frame_seed) in sorted(stats["toy_render"].items()):
+                render_toy_video(Path(folder), action_id, frame_seed)
+        stats = {k: v for k, v in stats.items() if k != "dataset" and not isinstance(v, (dict, list))}
         if stats:
             print(f"dataset {name}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
         atomic_write_text(VIDEOS / "SOURCE.txt", f"{name}: videos are read in place from {RAW / name}/, as named in data/samples.jsonl\n")

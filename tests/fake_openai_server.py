@@ -12,6 +12,13 @@ Fault kinds: "401" (echoes the key it got, as some servers do), "429" (with retr
 "malformed" (200 with a truncated JSON body), "schema" (valid JSON, output without "frames"),
 "count" (one frame sentence too few), "notjson" (output text that is not JSON).
 `latency` adds a delay to every request; `max_in_flight` is the most requests served at once.
+
+The Batch API too: POST /v1/files (multipart upload), POST /v1/batches, GET /v1/batches/<id>,
+GET /v1/files/<id>/content. `batch_mode` decides what a batch does once it has been retrieved
+`batch_polls` times: "complete" (every line answered as a direct request would be), "expire" (the
+first half answered, status expired), "fail" (status failed, no output), "hold" (stays in_progress
+until the mode changes). A line whose body contains a `rules` substring gets a 400 in the error file.
+`batches` holds every batch created; `uploads` every uploaded file.
 """
 from __future__ import annotations
 
@@ -75,6 +82,9 @@ class FakeOpenAIServer:
         self.rules: list[tuple[str, str]] = []
         self._queue: list[str] = []
         self.in_flight = self.max_in_flight = 0
+        self.batch_mode, self.batch_polls = "complete", 1
+        self.uploads: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._httpd = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -124,8 +134,52 @@ class FakeOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     pass
 
+            def do_GET(self) -> None:
+                parts = self.path.strip("/").split("/")
+                with server._lock:
+                    if parts[:2] == ["v1", "batches"] and len(parts) == 3 and parts[2] in server.batches:
+                        batch = server.batches[parts[2]]
+                        batch["polls"] += 1
+                        if batch["status"] == "in_progress" and batch["polls"] >= server.batch_polls:
+                            server._finish(batch)
+                        self._send(200, json.dumps({k: v for k, v in batch.items() if k != "polls"}).encode())
+                        return
+                    if parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content" and parts[2] in server.uploads:
+                        self._send(200, server.uploads[parts[2]], {"content-type": "application/octet-stream"})
+                        return
+                self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}).encode())
+
+            def _upload(self, raw: bytes) -> None:
+                boundary = self.headers.get("content-type", "").split("boundary=")[-1].strip('"').encode()
+                data = next(part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
+                            for part in raw.split(b"--" + boundary) if b'name="file"' in part)
+                with server._lock:
+                    file_id = f"file-{len(server.uploads) + 1}"
+                    server.uploads[file_id] = data
+                self._send(200, json.dumps({"id": file_id, "object": "file", "bytes": len(data), "created_at": 0,
+                                            "filename": "batch.jsonl", "purpose": "batch", "status": "processed"}).encode())
+
+            def _create_batch(self, raw: bytes) -> None:
+                request = json.loads(raw)
+                with server._lock:
+                    batch_id = f"batch_{len(server.batches) + 1}"
+                    server.batches[batch_id] = {
+                        "id": batch_id, "object": "batch", "endpoint": request["endpoint"], "input_file_id": request["input_file_id"],
+                        "completion_window": request["completion_window"], "status": "in_progress", "created_at": 0,
+                        "output_file_id": None, "error_file_id": None, "errors": None, "polls": 0,
+                        "request_counts": {"total": 0, "completed": 0, "failed": 0}}
+                    body = {k: v for k, v in server.batches[batch_id].items() if k != "polls"}
+                self._send(200, json.dumps(body).encode())
+
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length", 0))).decode("utf-8")
+                raw_bytes = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if self.path == "/v1/files":
+                    self._upload(raw_bytes)
+                    return
+                if self.path == "/v1/batches":
+                    self._create_batch(raw_bytes)
+                    return
+                raw = raw_bytes.decode("utf-8")
                 if self.path not in ("/v1/responses", "/v1/chat/completions"):
                     self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}).encode())
                     return
@@ -171,25 +225,57 @@ class FakeOpenAIServer:
                     self._send(200, json.dumps(self._wrap(body, text)).encode())
 
             def _wrap(self, body: dict, text: str) -> dict:
-                usage_in, usage_out = 100, len(text) // 4
-                if self.path == "/v1/responses":
-                    return {
-                        "id": "resp_fake", "object": "response", "created_at": 0, "status": "completed",
-                        "model": body.get("model"), "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-                        "output": [{"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
-                                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-                        "usage": {"input_tokens": usage_in, "output_tokens": usage_out, "total_tokens": usage_in + usage_out,
-                                  "input_tokens_details": {"cached_tokens": 0},
-                                  "output_tokens_details": {"reasoning_tokens": 0}},
-                    }
-                return {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                 "message": {"role": "assistant", "content": text, "refusal": None}}],
-                    "usage": {"prompt_tokens": usage_in, "completion_tokens": usage_out, "total_tokens": usage_in + usage_out},
-                }
+                return wrap(self.path, body, text)
 
         return Handler
+
+    def _finish(self, batch: dict) -> None:
+        """Run a batch's lines (called with the lock held): output and error files, final status."""
+        if self.batch_mode == "hold":
+            return
+        if self.batch_mode == "fail":
+            batch.update(status="failed", errors={"object": "list", "data": [
+                {"code": "invalid_request", "message": "the input file is not valid JSONL", "line": 1}]})
+            return
+        lines = [json.loads(line) for line in self.uploads[batch["input_file_id"]].decode().splitlines() if line.strip()]
+        answered = lines[: len(lines) // 2] if self.batch_mode == "expire" else lines
+        outputs, errors = [], []
+        for n, line in enumerate(answered):
+            raw = json.dumps(line["body"])
+            if any(substring in raw for substring, _ in self.rules):
+                errors.append({"id": f"req_{n}", "custom_id": line["custom_id"], "error": None, "response": {
+                    "status_code": 400, "body": {"error": {"message": "Invalid image", "type": "invalid_request_error"}}}})
+                continue
+            text = json.dumps(answer_for([_describe(url) for url in _images(line["body"])]))
+            outputs.append({"id": f"req_{n}", "custom_id": line["custom_id"], "error": None,
+                            "response": {"status_code": 200, "request_id": f"r{n}", "body": wrap(line["url"], line["body"], text)}})
+        for kind, rows in (("output_file_id", outputs), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{len(self.uploads) + 1}"
+                self.uploads[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                batch[kind] = file_id
+        batch["status"] = "expired" if self.batch_mode == "expire" else "completed"
+        batch["request_counts"] = {"total": len(lines), "completed": len(outputs), "failed": len(errors)}
+
+
+def wrap(path: str, body: dict, text: str) -> dict:
+    """A Responses or Chat Completions body holding `text`, as `path` answers."""
+    usage_in, usage_out = 100, len(text) // 4
+    if path == "/v1/responses":
+        return {
+            "id": "resp_fake", "object": "response", "created_at": 0, "status": "completed",
+            "model": body.get("model"), "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "output": [{"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "usage": {"input_tokens": usage_in, "output_tokens": usage_out, "total_tokens": usage_in + usage_out,
+                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        }
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body.get("model"),
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": text, "refusal": None}}],
+        "usage": {"prompt_tokens": usage_in, "completion_tokens": usage_out, "total_tokens": usage_in + usage_out},
+    }
 
 
 # ---- a tiny workspace for the prompts stage -----------------------------------------------------

@@ -56,8 +56,10 @@ import math
 import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -218,6 +220,9 @@ def image_tokens(height: int, width: int, detail: str, model: str = "gpt-4o") ->
     return base + tile * math.ceil(h / 512) * math.ceil(w / 512)
 
 
+BATCH_TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
 class OpenAIBackend(PromptBackend):
     name = "openai"
 
@@ -239,6 +244,10 @@ class OpenAIBackend(PromptBackend):
         max_output_tokens: int = 1024,
         usd_per_1m_input_tokens: float | None = None,
         usd_per_1m_output_tokens: float | None = None,
+        batch: bool = False,
+        batch_poll_seconds: float = 60.0,
+        batch_max_requests: int = 50_000,
+        batch_max_bytes: int = 190_000_000,
     ):
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a non-empty string")
@@ -267,6 +276,17 @@ class OpenAIBackend(PromptBackend):
         self.jpeg_quality = jpeg_quality
         self.api_key_env, self.temperature, self.max_output_tokens = api_key_env, temperature, max_output_tokens
         self.prices = (usd_per_1m_input_tokens, usd_per_1m_output_tokens)
+        if not isinstance(batch, bool):
+            raise ValueError(f"batch must be true or false, got {batch!r}")
+        for key, value in (("batch_max_requests", batch_max_requests), ("batch_max_bytes", batch_max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(batch_poll_seconds, bool) or not isinstance(batch_poll_seconds, (int, float)) or batch_poll_seconds < 0:
+            raise ValueError(f"batch_poll_seconds must be a number >= 0, got {batch_poll_seconds!r}")
+        self.batch, self.batch_poll_seconds = batch, float(batch_poll_seconds)
+        self.batch_max_requests, self.batch_max_bytes = batch_max_requests, batch_max_bytes
+        self.batch_state_path = Path(cache_dir).parent / "batches.json"  # the submitted batches: a killed stage re-attaches
+        self.batch_failures: dict[str, str] = {}  # request key -> why this run's batches did not answer it
         self.cache = ResponseCache(cache_dir)
         self._client = None
         self._key: str | None = None
@@ -322,6 +342,9 @@ class OpenAIBackend(PromptBackend):
             cached = self.cache.get(key)
             if cached is not None:
                 results[i] = self._to_prompts(request, cached["output_text"])
+            elif self.batch:  # answered by the batches (prefetch) or not at all: never sent one by one
+                reason = self.batch_failures.get(key, "not answered: no batch was run for it (prefetch first)")
+                results[i] = PromptError(f"video {request.video_id}: {reason}")
             else:
                 pending.append((i, request, body, key))
         if pending:
@@ -340,6 +363,132 @@ class OpenAIBackend(PromptBackend):
             return PromptError(f"video {request.video_id}: {exc}")
         self.cache.put(key, {"api": self.api, "model": self.model, "output_text": text, "usage": usage})
         return prompts
+
+    # ---- the Batch API ------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return "/v1/responses" if self.api == "responses" else "/v1/chat/completions"
+
+    def _load_batches(self) -> dict[str, dict]:
+        if not self.batch_state_path.exists():
+            return {}
+        try:
+            return json.loads(self.batch_state_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{self.batch_state_path}: damaged ({exc.msg}); it lists the submitted batches: check them "
+                             "on the OpenAI dashboard before deleting it, or their answers are paid for twice") from None
+
+    def _save_batches(self, state: dict[str, dict]) -> None:
+        from cater.io import atomic_write_json
+
+        atomic_write_json(self.batch_state_path, state)
+
+    def prefetch(self, chunks: Iterable[list[PromptRequest]], echo: Callable[[str], None] = print) -> None:
+        """Batch mode: send every request not answered yet in OpenAI batches (a JSONL file uploaded, then one batch
+        per `batch_max_requests` / `batch_max_bytes`), wait for them, and put each valid answer into the response
+        cache, where `generate` finds it. A batch's id is saved in batches.json the moment it exists, so a killed
+        stage re-attaches to it instead of submitting again; requests of failed or expired batches are submitted
+        again by the next run. `chunks` yields requests a few videos at a time (frames in memory per chunk only)."""
+        state = {bid: b for bid, b in self._load_batches().items() if b["status"] not in BATCH_TERMINAL}
+        self._save_batches(state)  # finished batches were stored by the run that saw them finish
+        waiting = {key for b in state.values() for key in b["frames"]}
+        if state:
+            echo(f"re-attaching to {len(state)} submitted batch(es) ({len(waiting)} requests): " + ", ".join(sorted(state)))
+        self.batch_state_path.parent.mkdir(parents=True, exist_ok=True)
+        input_path = self.batch_state_path.with_name("batch-input.jsonl.tmp")
+        handle, frames_of, size = None, {}, 0
+        for chunk in chunks:
+            for request in chunk:
+                body = self.payload(request)
+                key = self.cache_key(body)
+                if key in self.cache or key in waiting or key in frames_of:
+                    continue
+                line = json.dumps({"custom_id": key, "method": "POST", "url": self.endpoint, "body": body},
+                                  sort_keys=True, separators=(",", ":")) + "\n"
+                if frames_of and (size + len(line) > self.batch_max_bytes or len(frames_of) >= self.batch_max_requests):
+                    handle.close()
+                    self._submit(input_path, frames_of, state, echo)
+                    handle, frames_of, size = None, {}, 0
+                if handle is None:
+                    handle = open(input_path, "w", encoding="utf-8")
+                handle.write(line)
+                frames_of[key], size = len(request.frame_times), size + len(line)
+        if handle is not None:
+            handle.close()
+            self._submit(input_path, frames_of, state, echo)
+        input_path.unlink(missing_ok=True)
+        self._collect(state, echo)
+
+    def _submit(self, input_path: Path, frames_of: dict[str, int], state: dict, echo) -> None:
+        client = self.client()
+        options = self._request_options()
+        with open(input_path, "rb") as handle:
+            uploaded = client.files.create(file=(input_path.name.removesuffix(".tmp"), handle), purpose="batch", **options)
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint=self.endpoint, completion_window="24h", **options)
+        state[batch.id] = {"status": batch.status, "input_file_id": uploaded.id, "frames": dict(frames_of)}
+        self._save_batches(state)  # before anything else can fail: a killed stage finds its batch here
+        with self._count_lock:
+            self.requests_sent += len(frames_of)
+        echo(f"submitted batch {batch.id} with {len(frames_of)} request(s) (completion window 24h)")
+
+    def _collect(self, state: dict, echo) -> None:
+        """Poll the submitted batches until each has finished; store what they answered."""
+        while state:
+            client = self.client()
+            for bid in sorted(state):
+                batch = client.batches.retrieve(bid, **self._request_options())
+                if batch.status not in BATCH_TERMINAL:
+                    continue
+                stored = self._store_results(client, batch, state[bid]["frames"])
+                errors = getattr(batch, "errors", None)
+                detail = "; ".join(str(getattr(e, "message", e)) for e in (getattr(errors, "data", None) or []))
+                for key in state[bid]["frames"]:
+                    if key not in self.cache and key not in self.batch_failures:
+                        self.batch_failures[key] = f"batch {bid} {batch.status}" + (f": {detail}" if detail else "")
+                echo(f"batch {bid}: {batch.status}, {stored} of {len(state[bid]['frames'])} answer(s) stored"
+                     + (f" ({detail})" if detail else ""))
+                del state[bid]
+                self._save_batches(state)
+            if state:
+                echo(f"waiting for {len(state)} batch(es): " + ", ".join(f"{b} {state[b]['status']}" for b in sorted(state)))
+                time.sleep(self.batch_poll_seconds)
+
+    def _store_results(self, client, batch, frames_of: dict[str, int]) -> int:
+        """Valid answers of a finished batch into the response cache; the reason for every other line."""
+        import openai
+
+        stored = 0
+        for file_id in (getattr(batch, "output_file_id", None), getattr(batch, "error_file_id", None)):
+            if not file_id:
+                continue
+            text = client.files.content(file_id, **self._request_options()).text
+            for line in text.splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                key = row.get("custom_id")
+                if key not in frames_of:
+                    continue
+                response = row.get("response") or {}
+                body = response.get("body") or {}
+                if response.get("status_code") != 200:
+                    message = (body.get("error") or {}).get("message") or row.get("error") or "no response"
+                    self.batch_failures[key] = f"batch {batch.id}: HTTP {response.get('status_code')}: {_short(message)}"
+                    continue
+                try:
+                    if self.api == "responses":
+                        answer = self._responses_text(openai.types.responses.Response.construct(**body))  # as the client builds it
+                    else:
+                        answer = self._chat_text(openai.types.chat.ChatCompletion.construct(**body))
+                    parse_output(answer, frames_of[key])
+                except (PromptError, ValueError) as exc:
+                    self.batch_failures[key] = f"batch {batch.id}: {_short(str(exc))}"
+                    continue
+                self.cache.put(key, {"api": self.api, "model": self.model, "output_text": answer,
+                                     "usage": body.get("usage"), "batch": batch.id})
+                stored += 1
+        return stored
 
     def _to_prompts(self, request: PromptRequest, text: str, raise_errors: bool = False) -> VideoPrompts | PromptError:
         n = len(request.frame_times)
@@ -465,7 +614,7 @@ class OpenAIBackend(PromptBackend):
         usd_in, usd_out = self.prices
         if usd_in is not None and usd_out is not None:
             cost = (text_tokens + img_tokens) * usd_in / 1e6 + out_tokens * usd_out / 1e6
-            line += f", <= ${cost:.2f}"
+            line += f", <= ${cost * 0.5:.2f} with the Batch API (half the listed prices)" if self.batch else f", <= ${cost:.2f}"
         return line
 
 

@@ -11,7 +11,8 @@ BACKENDS = ("annotations", "openai", "hf", "given")
 # Settings that change how requests are sent, never what comes back: they do not enter the
 # config hash of the finished rows, so changing them does not redo (or re-ask) anything.
 RUNTIME_KEYS = {
-    "openai": {"timeout", "max_retries", "concurrency", "api_key_env", "usd_per_1m_input_tokens", "usd_per_1m_output_tokens"},
+    "openai": {"timeout", "max_retries", "concurrency", "api_key_env", "usd_per_1m_input_tokens", "usd_per_1m_output_tokens",
+               "batch", "batch_poll_seconds", "batch_max_requests", "batch_max_bytes"},  # batch: the same answers, half price
     "hf": {"device"},
 }
 

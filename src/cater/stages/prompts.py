@@ -93,6 +93,10 @@ def run(params, args) -> None:
     if todo and hasattr(backend, "estimate"):  # what the run may cost, before any request
         estimate = backend.estimate(build_requests([s for v in todo for s in by_video[v]], frames, shapes_only=True))
         print(f"prompts[{name}]: {len(done)} videos done, {len(todo)} to do: {estimate}", flush=True)
+    if todo and getattr(backend, "batch", False):  # the Batch API: every request submitted, then the answers collected
+        chunks = (build_requests([s for vid in todo[i : i + batch_size] for s in by_video[vid]], frames)
+                  for i in range(0, len(todo), batch_size))
+        backend.prefetch(chunks, echo=lambda message: print(f"prompts[{name}]: {message}", flush=True))
     for start in tqdm(range(0, len(todo), batch_size), desc=f"prompts[{name}]", unit="batch"):
         ids = todo[start : start + batch_size]
         requests = build_requests([s for vid in ids for s in by_video[vid]], frames)

@@ -133,3 +133,12 @@ def test_sigkill_between_submit_and_collect_re_attaches_instead_of_resubmitting(
     assert list(server.batches) == ["batch_1"] and server.requests == []  # never submitted twice, never sent directly
     assert sorted(r["video_id"] for r in read_jsonl(tmp_path / "data/prompts/gpt.jsonl")) == work["videos"]
     assert json.loads(state.read_text()) == {}
+
+
+def test_api_batch_is_the_responses_api_through_batches(server, tmp_path):
+    from cater.prompts.openai_backend import OpenAIBackend
+
+    backend = OpenAIBackend(model="gpt-4o-mini", cache_dir=tmp_path, base_url=server.base_url, api_key_env=KEY_ENV, api="batch")
+    assert backend.batch and backend.api == "responses" and backend.endpoint == "/v1/responses"
+    with pytest.raises(ValueError, match="batch must be true or false"):
+        OpenAIBackend(model="m", cache_dir=tmp_path, base_url=server.base_url, api_key_env=KEY_ENV, batch="yes")

@@ -251,8 +251,10 @@ class OpenAIBackend(PromptBackend):
     ):
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a non-empty string")
+        if api == "batch":  # shorthand: the Responses API through the Batch API (the same answers, the same cache)
+            api, batch = "responses", True
         if api not in APIS:
-            raise ValueError(f"api must be one of {APIS}, got {api!r}")
+            raise ValueError(f"api must be one of {APIS} (or batch), got {api!r}")
         if detail not in DETAILS:
             raise ValueError(f"detail must be one of {DETAILS}, got {detail!r}")
         if image_format not in IMAGE_FORMATS:

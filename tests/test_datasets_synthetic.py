@@ -166,6 +166,18 @@ def test_tvqa_windows_subtitles_and_test_public(layouts):
     assert all(Path(s.video).is_file() and s.video.endswith(".mp4") for s in samples)
 
 
+def test_splits_mapping_assigns_official_splits_to_roles(layouts):
+    samples = load(layouts["tvqa"], splits={"train": "train", "val": "test"})  # the labelled val as the test split
+    assert {s.split for s in samples} == {"train", "test"} and all(s.answer_idx is not None for s in samples)
+    assert {s.id for s in samples if s.split == "test"} == {s.id for s in load(layouts["tvqa"]) if s.split == "val"}
+    msrvtt = load(layouts["msrvtt_qa"], splits={"train": "train", "test": "val"})
+    assert {s.split for s in msrvtt} == {"train", "val"}
+    for bad, message in (({"validation": "val"}, "unknown split"), ({"val": "dev"}, "each official split becomes one of"),
+                         ({}, "mapping is empty")):
+        with pytest.raises(AdapterError, match=message):
+            load(layouts["tvqa"], splits=bad)
+
+
 def test_tvqa_without_ts_uses_whole_clips(layouts):
     samples = load(layouts["tvqa"], use_ts=False)
     assert all(s.start is None and s.end is None for s in samples)

@@ -41,7 +41,7 @@ from cater.data.adapters import (
     MediaIndex,
     as_dirs,
     check_positive_int,
-    check_splits,
+    split_mapping,
     check_unique_id,
     check_video_dirs,
     locate_video,
@@ -112,7 +112,8 @@ def load(cfg: dict) -> list[Sample]:
     """ActivityNet-QA samples for the configured splits."""
     global last_stats
     opts = resolve_cfg(cfg, DATASET, KEYS, DEFAULTS)
-    splits = check_splits(opts["splits"], SPLITS, DATASET)
+    roles = split_mapping(opts["splits"], SPLITS, DATASET)
+    splits = list(roles)
     num_choices = check_positive_int(opts["num_choices"], "num_choices", DATASET, 2)
     seed = check_positive_int(opts["seed"], "seed", DATASET, 0)
     folder = Path(opts["annotations"])
@@ -136,7 +137,7 @@ def load(cfg: dict) -> list[Sample]:
                 OpenQA(
                     id=sample_id,
                     dataset=DATASET,
-                    split=split,
+                    split=roles[split],
                     video=locate_video(videos, stems, opts["check_videos"], record["where"]),
                     video_id=name,
                     question=record["question"].strip(),

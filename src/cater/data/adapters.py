@@ -7,7 +7,9 @@ Keys common to all adapters:
     name          msrvtt_qa | msvd_qa | activitynet_qa | tvqa | seed_jsonl (the seed repository's own files)
     annotations   folder holding the official annotation files (required)
     videos        folder, or list of folders, holding the videos
-    splits        which official splits to load (default: all of them)
+    splits        which official splits to load (default: all of them), or a mapping from official split
+                  names to this project's train / val / test (e.g. TVQA `{train: train, val: test}`: the
+                  labelled val as the test split; `splits.val_from_train` then holds out a validation split)
     check_videos  true (default): a video that cannot be found is an error naming the annotation
                   file and record. false: `video` is the expected path, found or not (for parsing
                   annotations without the videos; run `preflight` before decoding anything).
@@ -74,6 +76,26 @@ def check_splits(splits: Any, allowed: Sequence[str], name: str) -> list[str]:
     if bad:
         raise AdapterError(f"dataset config for {name}: unknown split(s) {bad}; official splits: {list(allowed)}")
     return list(dict.fromkeys(splits))
+
+
+def split_mapping(splits: Any, allowed: Sequence[str], name: str, default: dict[str, str] | None = None) -> dict[str, str]:
+    """{official split: train | val | test} from `dataset.splits`: a list keeps each split's own role (`default`
+    maps names such as TVQA's test_public), a mapping assigns them."""
+    from cater.data.schema import SPLITS as ROLES
+
+    default = default or {}
+    if isinstance(splits, dict):
+        if not splits:
+            raise AdapterError(f"dataset config for {name}: 'splits' mapping is empty")
+        bad = [s for s in splits if s not in allowed]
+        if bad:
+            raise AdapterError(f"dataset config for {name}: unknown split(s) {bad}; official splits: {list(allowed)}")
+        roles = [r for r in splits.values() if r not in ROLES]
+        if roles:
+            raise AdapterError(f"dataset config for {name}: splits maps to {roles}; each official split becomes one of "
+                               f"{list(ROLES)}")
+        return dict(splits)
+    return {split: default.get(split, split) for split in check_splits(splits, allowed, name)}
 
 
 def check_positive_int(value: Any, key: str, name: str, minimum: int) -> int:

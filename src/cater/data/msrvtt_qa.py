@@ -42,7 +42,7 @@ from cater.data.adapters import (
     MediaIndex,
     as_dirs,
     check_positive_int,
-    check_splits,
+    split_mapping,
     check_unique_id,
     check_video_dirs,
     locate_video,
@@ -94,7 +94,8 @@ def question_type(question: str) -> str:
 def _load(cfg: dict, dataset: str) -> list[Sample]:
     global last_stats
     opts = resolve_cfg(cfg, dataset, MSVD_KEYS if dataset == "msvd_qa" else KEYS, DEFAULTS)
-    splits = check_splits(opts["splits"], SPLITS, dataset)
+    roles = split_mapping(opts["splits"], SPLITS, dataset)
+    splits = list(roles)
     num_choices = check_positive_int(opts["num_choices"], "num_choices", dataset, 2)
     seed = check_positive_int(opts["seed"], "seed", dataset, 0)
     folder = Path(opts["annotations"])
@@ -121,7 +122,7 @@ def _load(cfg: dict, dataset: str) -> list[Sample]:
                 OpenQA(
                     id=sample_id,
                     dataset=dataset,
-                    split=split,
+                    split=roles[split],
                     video=_locate(videos, names, opts["check_videos"], where, dataset, mapping),
                     video_id=names[-1],
                     question=record["question"].strip(),

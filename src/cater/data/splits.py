@@ -28,6 +28,19 @@ def stratified_subset(samples: list[Sample], n: int | None, seed: int) -> list[S
     return sorted(chosen, key=lambda s: s.id)
 
 
+def hold_out_videos(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): a seeded `fraction` of train's videos, with all their questions, becomes the validation split
+    (no video on both sides), for releases whose labelled splits all go to train and test."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"splits.val_from_train must be in (0, 1), got {fraction}")
+    videos = sorted({s.video_id for s in train})
+    random.Random(f"val_from_train:{seed}").shuffle(videos)
+    held = set(videos[: max(1, round(fraction * len(videos)))])
+    if len(held) == len(videos):
+        raise ValueError(f"splits.val_from_train {fraction} would leave no training video (train has {len(videos)})")
+    return [s for s in train if s.video_id not in held], [s for s in train if s.video_id in held]
+
+
 def first_subset(samples: list[Sample], n: int | None) -> list[Sample]:
     """The first `n` samples in their file order (data/samples.jsonl follows the official files)."""
     if n is not None and n <= 0:

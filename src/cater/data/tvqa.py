@@ -30,7 +30,7 @@ Config keys (the `dataset` section; see also `cater.data.adapters`):
     frames_dir: folder (or list) of frame folders |
     subtitles: folder of <vid_name>.srt           (optional; no subtitles when unset)
     use_ts: false
-    splits: [train, val, test_public]             (default: all)
+    splits: [train, val, test_public]             (default: all; or a mapping, e.g. {train: train, val: test})
     check_videos: true
     num_choices: 5                                (accepted only as 5; TVQA has 5 options)
     seed: ignored (nothing is random here)
@@ -50,7 +50,7 @@ from cater.data.adapters import (
     AdapterError,
     MediaIndex,
     as_dirs,
-    check_splits,
+    split_mapping,
     check_unique_id,
     check_video_dirs,
     locate_video,
@@ -98,7 +98,8 @@ def load(cfg: dict) -> list[Sample]:
         raise AdapterError(f"dataset config for tvqa: num_choices is {opts['num_choices']!r}, TVQA has exactly 5")
     if not isinstance(opts["use_ts"], bool):
         raise AdapterError(f"dataset config for tvqa: use_ts must be true or false, got {opts['use_ts']!r}")
-    splits = check_splits(opts["splits"], SPLITS, DATASET)
+    roles = split_mapping(opts["splits"], SPLITS, DATASET, SPLIT_NAMES)
+    splits = list(roles)
     media, key = _media_index(opts)
     check_video_dirs(media, key, DATASET, opts["check_videos"])
     subtitle_dir = Path(opts["subtitles"]) if opts["subtitles"] else None
@@ -118,6 +119,7 @@ def load(cfg: dict) -> list[Sample]:
         for lineno, record in rows:
             where = f"{path}:{lineno} (qid {record['qid']})"
             sample, nan_window = _sample(record, split, where, opts, media)
+            sample.split = roles[split]
             check_unique_id(seen, sample.id, where)
             if nan_window:
                 nan_ids.append(sample.id)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from cater.data.schema import SPLITS, read_samples, write_samples
-from cater.data.splits import subset
+from cater.data.splits import hold_out_videos, subset
 from cater.io import atomic_write_json
 
 SAMPLES = Path("data/samples.jsonl")
@@ -41,6 +41,14 @@ def run(params, args) -> None:
     dropped = len(samples) - len(kept)
     summary = {"dropped_without_frames": dropped}
     pools = {split: [s for s in kept if s.split == split] for split in SPLITS}
+    if cfg.get("val_from_train") is not None:  # e.g. TVQA with its labelled val as the test split
+        if pools["val"]:
+            raise ValueError(f"splits.val_from_train is set, but {SAMPLES} already has {len(pools['val'])} val sample(s); "
+                             "map no official split to val (dataset.splits), or unset val_from_train")
+        pools["train"], pools["val"] = hold_out_videos(pools["train"], cfg["val_from_train"], cfg["seed"])
+        for sample in pools["val"]:
+            sample.split = "val"
+        summary["val_from_train"] = cfg["val_from_train"]
     mode = cfg.get("subset", "stratified")
     chosen_by_split = {split: subset(pools[split], cfg.get(f"{split}_n"), cfg["seed"], mode) for split in SPLITS}
     check_usable(chosen_by_split, samples, dropped)

@@ -121,7 +121,7 @@ def test_noise_is_seeded_per_video(requests):
 def test_request_carries_no_answers(shapes_set, frame_store, requests):
     fields = {f.name for f in dataclasses.fields(PromptRequest)}
     # given_prompts: prompts a dataset ships (the seed JSONL's), read from the sample, never built from its answer
-    assert fields == {"video_id", "frames", "frame_times", "questions", "events", "given_prompts"}
+    assert fields == {"video_id", "frames", "frame_times", "questions", "events", "given_prompts", "subtitles"}
     assert all(request.given_prompts is None for request in requests)
     # change every answer (and reorder the choices): the backend's output does not move
     changed = [dataclasses.replace(s, choices=list(reversed(s.choices)), answer_idx=(s.answer_idx + 1) % len(s.choices))

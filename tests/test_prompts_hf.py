@@ -232,3 +232,12 @@ def test_sampling_is_seeded_per_prompt_and_cached_apart_from_greedy(models, tmp_
     for bad in ({"temperature": -1}, {"temperature": True}, {"seed": "0"}):
         with pytest.raises(ValueError, match="temperature|seed"):
             HFBackend(model="x", cache_dir=tmp_path, **bad)
+
+
+def test_subtitles_reach_the_local_llm_only_when_asked(models, tmp_path):
+    import dataclasses
+
+    request = dataclasses.replace(red_square_request(), subtitles="(Penny:) Hello.")
+    plain = HFBackend(model=str(models["list"]), cache_dir=tmp_path / "a").messages(request)[1]["content"]
+    told = HFBackend(model=str(models["list"]), cache_dir=tmp_path / "b", use_subtitles=True).messages(request)[1]["content"]
+    assert "(Penny:) Hello." not in plain and "(Penny:) Hello." in told and "Subtitles of this video" in told

@@ -296,3 +296,18 @@ def test_jpeg_quality_sets_the_encoded_quality_and_is_checked(server, tmp_path):
     for bad in (0, 101, 7.5, True):
         with pytest.raises(ValueError, match="jpeg_quality must be an integer in 1..100"):
             backend(server, tmp_path, jpeg_quality=bad)
+
+
+def test_subtitles_reach_the_model_only_when_the_generator_asks(server, tmp_path):
+    import dataclasses
+
+    [request] = requests_for(1)
+    request = dataclasses.replace(request, subtitles="(Sheldon:) That's my spot.")
+    without = json.dumps(backend(server, tmp_path).payload(request))
+    with_subtitles = json.dumps(backend(server, tmp_path, use_subtitles=True).payload(request))
+    assert "That's my spot" not in without and "Subtitles of this video" not in without
+    assert "(Sheldon:) That's my spot." in with_subtitles and "Subtitles of this video" in with_subtitles
+    results = backend(server, tmp_path / "s", use_subtitles=True).generate([request])
+    assert isinstance(results[0], VideoPrompts) and "That's my spot" in json.dumps(server.requests[-1]["body"])
+    with pytest.raises(ValueError, match="use_subtitles"):
+        backend(server, tmp_path, use_subtitles="yes")

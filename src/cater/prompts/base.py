@@ -25,6 +25,7 @@ class PromptRequest:
     questions: list[str] = field(default_factory=list)  # question context only; no answers, no choices
     events: list[dict[str, Any]] | None = None  # ground-truth events; only the offline `annotations` backend reads them
     given_prompts: dict[str, list[str]] | None = None  # prompts shipped with the data; only the `given` backend reads them
+    subtitles: str | None = None  # the video's (window's) subtitles; sent only by generators with use_subtitles: true
 
 
 @dataclass
@@ -56,6 +57,14 @@ class PromptBackend(ABC):
     @abstractmethod
     def generate(self, requests: list[PromptRequest]) -> list[VideoPrompts | PromptError]:
         """One result per request, in order: prompts, or the error that explains the failure."""
+
+
+SUBTITLES_HEADER = "Subtitles of this video (what is said; context only):"
+
+
+def subtitle_lines(subtitles: str | None) -> list[str]:
+    """The subtitle block of a generator's request, or nothing."""
+    return [SUBTITLES_HEADER, subtitles.strip()] if subtitles and subtitles.strip() else []
 
 
 def spread_events(texts: list[str], num_frames: int) -> list[dict[str, Any]]:

@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from cater.io import file_fingerprint, read_jsonl, stable_hash
-from cater.prompts.base import PromptBackend, PromptError, PromptRequest, VideoPrompts, event_text_per_frame, spread_events
+from cater.prompts.base import (PromptBackend, PromptError, PromptRequest, VideoPrompts, event_text_per_frame, spread_events,
+                                subtitle_lines)
 from cater.prompts.response_cache import ResponseCache, request_key
 
 VICUNA_TEMPLATE = (
@@ -195,13 +196,14 @@ def parse_generation(text: str, num_frames: int) -> tuple[list[str], list[str]]:
     return events, frames
 
 
-def user_message(summary: list[str], questions: list[str]) -> str:
+def user_message(summary: list[str], questions: list[str], subtitles: str | None = None) -> str:
     n = len(summary)
     lines = ["What each sampled frame of the video shows, in time order:"]
     lines += [f"{i + 1}. {s}" for i, s in enumerate(summary)]
     if questions:
         lines.append("Questions that will be asked about the video (context only, do not answer them):")
         lines += [f"- {q}" for q in questions]
+    lines += subtitle_lines(subtitles)
     lines.append(f'Answer with JSON only: {{"events": [one sentence per event], "frames": [exactly {n} sentences]}}.')
     return "\n".join(lines)
 
@@ -214,7 +216,8 @@ class HFBackend(PromptBackend):
 
     def __init__(self, model: str, cache_dir, summary_from: str | None = None, chat_template: str | None = None,
                  max_new_tokens: int = 384, dtype: str = "auto", device: str = "auto", revision: str | None = None,
-                 trust_remote_code: bool = False, summary_field: str = "frames", temperature: float = 0.0, seed: int = 0):
+                 trust_remote_code: bool = False, summary_field: str = "frames", temperature: float = 0.0, seed: int = 0,
+                 use_subtitles: bool = False):
         if not isinstance(model, str) or not model:
             raise ValueError("model must be a model id or a local path")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -233,6 +236,9 @@ class HFBackend(PromptBackend):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self.summary_field, self.temperature, self.seed = summary_field, float(temperature), seed
+        if not isinstance(use_subtitles, bool):
+            raise ValueError(f"use_subtitles must be true or false, got {use_subtitles!r}")
+        self.use_subtitles = use_subtitles
         self.model_id, self.revision, self.max_new_tokens = model, revision, max_new_tokens
         self.dtype, self.device_name = dtype, device
         self.template = TEMPLATES.get(chat_template, chat_template) if chat_template else None
@@ -273,7 +279,8 @@ class HFBackend(PromptBackend):
 
     def messages(self, request: PromptRequest) -> list[dict[str, str]]:
         return [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": user_message(self.summary(request), request.questions)}]
+                {"role": "user", "content": user_message(self.summary(request), request.questions,
+                                                         request.subtitles if self.use_subtitles else None)}]
 
     def prompt_text(self, request: PromptRequest) -> str:
         """The exact text the model reads for `request` (chat template applied)."""

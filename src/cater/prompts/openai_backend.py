@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from cater.prompts.base import PromptBackend, PromptError, PromptRequest, VideoPrompts, spread_events
+from cater.prompts.base import PromptBackend, PromptError, PromptRequest, VideoPrompts, spread_events, subtitle_lines
 from cater.prompts.response_cache import ResponseCache, request_key
 
 APIS = ("responses", "chat")
@@ -113,13 +113,15 @@ def encode_image(frame: np.ndarray, image_size: int, image_format: str = "jpeg",
     return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def user_text(request: PromptRequest) -> str:
+def user_text(request: PromptRequest, use_subtitles: bool = False) -> str:
     n = len(request.frame_times)
     times = ", ".join(f"{t:.2f}" for t in request.frame_times)
     lines = [f"The video has {n} frames below, at {times} seconds.", f'Give exactly {n} sentences in "frames".']
     if request.questions:
         lines.append("Questions that will be asked about this video (context only, do not answer them):")
         lines += [f"- {q}" for q in request.questions]
+    if use_subtitles:
+        lines += subtitle_lines(request.subtitles)
     return "\n".join(lines)
 
 
@@ -248,6 +250,7 @@ class OpenAIBackend(PromptBackend):
         batch_poll_seconds: float = 60.0,
         batch_max_requests: int = 50_000,
         batch_max_bytes: int = 190_000_000,
+        use_subtitles: bool = False,
     ):
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a non-empty string")
@@ -285,6 +288,9 @@ class OpenAIBackend(PromptBackend):
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
         if isinstance(batch_poll_seconds, bool) or not isinstance(batch_poll_seconds, (int, float)) or batch_poll_seconds < 0:
             raise ValueError(f"batch_poll_seconds must be a number >= 0, got {batch_poll_seconds!r}")
+        if not isinstance(use_subtitles, bool):
+            raise ValueError(f"use_subtitles must be true or false, got {use_subtitles!r}")
+        self.use_subtitles = use_subtitles
         self.batch, self.batch_poll_seconds = batch, float(batch_poll_seconds)
         self.batch_max_requests, self.batch_max_bytes = batch_max_requests, batch_max_bytes
         self.batch_state_path = Path(cache_dir).parent / "batches.json"  # the submitted batches: a killed stage re-attaches
@@ -301,7 +307,7 @@ class OpenAIBackend(PromptBackend):
         """The request body, exactly as sent (and hashed for the cache)."""
         images = [encode_image(frame, self.image_size, self.image_format, self.jpeg_quality) for frame in request.frames]
         if self.api == "responses":
-            content: list[dict] = [{"type": "input_text", "text": user_text(request)}]
+            content: list[dict] = [{"type": "input_text", "text": user_text(request, self.use_subtitles)}]
             for i, (url, t) in enumerate(zip(images, request.frame_times)):
                 content.append({"type": "input_text", "text": f"Frame {i + 1} (t={t:.2f}s):"})
                 content.append({"type": "input_image", "image_url": url, "detail": self.detail})
@@ -313,7 +319,7 @@ class OpenAIBackend(PromptBackend):
                 "max_output_tokens": self.max_output_tokens,
             }
         else:
-            content = [{"type": "text", "text": user_text(request)}]
+            content = [{"type": "text", "text": user_text(request, self.use_subtitles)}]
             for i, (url, t) in enumerate(zip(images, request.frame_times)):
                 content.append({"type": "text", "text": f"Frame {i + 1} (t={t:.2f}s):"})
                 content.append({"type": "image_url", "image_url": {"url": url, "detail": self.detail}})
@@ -604,7 +610,7 @@ class OpenAIBackend(PromptBackend):
             per_image = image_tokens(round(h * scale), round(w * scale), self.detail, self.model)
             images += len(request.frame_times)
             img_tokens += per_image * len(request.frame_times)
-            text_tokens += (len(INSTRUCTIONS) + len(user_text(request)) + 20 * len(request.frame_times)) // 4
+            text_tokens += (len(INSTRUCTIONS) + len(user_text(request, self.use_subtitles)) + 20 * len(request.frame_times)) // 4
         out_tokens = self.max_output_tokens * len(requests)
         family, known = image_rule(self.model)
         rule = f"the {family} image rule" if known else f"no image rule known for {self.model}: {family}'s, a rough guide"

@@ -40,6 +40,8 @@ def request_digest(group, frames: FrameStore) -> str:
     parts = [frames.digest(video_id), frames.times(video_id), sorted({s.question for s in group}), group[0].events]
     if group[0].given_prompts is not None:
         parts.append(group[0].given_prompts)
+    if group[0].subtitles:
+        parts.append({"subtitles": group[0].subtitles})
     return stable_hash(parts)
 
 
@@ -57,6 +59,7 @@ def build_requests(samples, frames: FrameStore, shapes_only: bool = False) -> li
                 questions=sorted({s.question for s in group}),
                 events=group[0].events,
                 given_prompts=group[0].given_prompts,
+                subtitles=group[0].subtitles,
             )
         )
     return requests

@@ -281,3 +281,12 @@ def test_more_than_five_options_and_missing_frames(teacher):
         teacher.score([sample("fine", 3, 3, seed=9), no_frames])
     with pytest.raises(TeacherError, match="uint8"):
         teacher.score([TeacherInput(id="f", frames=np.zeros((2, 8, 8, 3), dtype=np.float32), question="q", choices=["a", "b"])])
+
+
+def test_perturbing_only_frame_0_moves_the_letter_logits(teacher):
+    item = sample("s0", num_frames=8, num_choices=5, seed=3)
+    frames = item.frames.copy()
+    frames[0] = 255 - frames[0]
+    before = teacher.score([item])[0]
+    after = teacher.score([TeacherInput(item.id, frames, item.question, item.choices)])[0]
+    assert np.abs(np.subtract(before.choice_logits, after.choice_logits)).max() > 1e-4

@@ -90,14 +90,17 @@ def per_option_logits(teacher, backend: str, item: TeacherInput) -> tuple[list[f
                 processor = teacher.backend.processor
                 inputs = processor(text=[["User:", *[Image.fromarray(f) for f in images], text]],
                                    add_end_of_utterance_token=False, return_tensors="pt")
+                inputs["image_attention_mask"] = inputs["image_attention_mask"].cummax(dim=1).values  # all frames so far
                 out = teacher.backend.model(**inputs, output_hidden_states=True)
                 ids, logits, hidden = inputs["input_ids"][0], out.logits[0], out.hidden_states[-1][0, -2].numpy()
             else:
                 of = teacher.backend
-                vision = torch.stack([of.image_processor(Image.fromarray(f)) for f in images])
-                tokens = of.tokenizer(["<image>" * len(images) + text], return_tensors="pt")
-                out = of.model(vision_x=vision[None, :, None], lang_x=tokens["input_ids"],
-                                     attention_mask=tokens["attention_mask"])
+                vision = torch.stack([of.image_processor(Image.fromarray(f)) for f in images])[None, None]  # 1 media
+                tokens = of.tokenizer(["<image>" + text], return_tensors="pt")
+                of._encode_frames(vision)
+                of.model._condition_media_locations(input_ids=tokens["input_ids"])
+                out = of.model.lang_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+                of.model.lang_encoder.clear_conditioned_layers()
                 ids, logits = tokens["input_ids"][0], out.logits[0]
         assert int(ids[-1]) == letter_id, f"{letter!r} did not encode to the letter token after the prompt"
         scores.append(float(logits[-2, letter_id]))
@@ -140,29 +143,43 @@ def test_scores_depend_on_the_frames(teachers, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_each_frame_is_one_image_in_time_order(teachers, backend):
+def test_every_frame_reaches_the_question_and_the_answer_position(teachers, backend):
     teacher = teachers[backend]
     items = batch()
     inputs = teacher.backend.encode([teacher.frames(i) for i in items], [teacher.prompt(i) for i in items])
     tokenizer = teacher.backend.tokenizer
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    ids = inputs["input_ids"] if backend == "idefics" else inputs["lang_x"]
-    assert (ids == image_id).sum(dim=1).tolist() == [4, 3]
-    mask = inputs["attention_mask"]
-    assert mask[:, -1].all() and not mask[:, 0].all()  # left padding: the shorter row starts with pads
     if backend == "idefics":
+        ids = inputs["input_ids"]
+        assert (ids == image_id).sum(dim=1).tolist() == [4, 3]  # each frame one image, in time order
+        mask = inputs["attention_mask"]
+        assert mask[:, -1].all() and not mask[:, 0].all()  # left padding: the shorter row starts with pads
         assert tuple(inputs["pixel_values"].shape[:2]) == (2, 4)
-        # the k-th image token attends to the k-th frame
-        for row in range(2):
+        for row, count in enumerate((4, 3)):
             positions = (ids[row] == image_id).nonzero().flatten()
-            attended = inputs["image_attention_mask"][row, positions].argmax(dim=-1)
-            assert attended.tolist() == list(range(len(positions)))
+            cross = inputs["image_attention_mask"][row]
+            for k, position in enumerate(positions):  # the k-th image token sees frames 0..k
+                assert cross[position, : k + 1].all() and not cross[position, k + 1:].any()
+            assert cross[-1, :count].all()  # the answer position attends to every frame, not the last alone
     else:
-        vision = inputs["vision_x"]
-        assert tuple(vision.shape[:3]) == (2, 4, 1)
-        assert vision[1, 3].abs().sum() == 0  # the 3-frame sample's unused slot
+        groups = inputs["groups"]
+        assert [g["rows"] for g in groups] == [[1], [0]]  # grouped by frame count (3, then 4)
+        for group, count in zip(groups, (3, 4)):
+            assert tuple(group["vision_x"].shape[:3]) == (1, 1, count)  # one media item, the frames on its frame axis
+            assert (group["lang_x"] == image_id).sum().item() == 1
         expected_first = teacher.backend.image_processor(Image.fromarray(items[0].frames[0]))
-        torch.testing.assert_close(vision[0, 0, 0], expected_first)
+        torch.testing.assert_close(groups[1]["vision_x"][0, 0, 0], expected_first)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perturbing_only_frame_0_moves_the_letter_logits(teachers, backend):
+    teacher = teachers[backend]
+    item = batch()[0]
+    changed_frames = item.frames.copy()
+    changed_frames[0] = 255 - changed_frames[0]
+    changed = TeacherInput(item.id, changed_frames, item.question, item.choices)
+    before, after = teacher.score([item])[0], teacher.score([changed])[0]
+    assert np.abs(np.subtract(before.choice_logits, after.choice_logits)).max() > 1e-4
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -202,3 +202,12 @@ def test_letters_that_are_not_single_tokens_are_refused(tmp_path, monkeypatch):
     path = write_tiny_videollava(tmp_path / "bad-tokenizer", seed=0)
     with pytest.raises(TeacherError, match="option letter 'A' does not encode to exactly one token"):
         VideoLlavaTeacher(TeacherConfig(family="videollava", model=str(path)))
+
+
+def test_perturbing_only_frame_0_moves_the_letter_logits(teacher):
+    [item] = make_items(1)
+    frames = item.frames.copy()
+    frames[0] = 255 - frames[0]
+    before = teacher.score([item])[0]
+    after = teacher.score([TeacherInput(item.id, frames, item.question, item.choices, item.subtitles)])[0]
+    assert np.abs(np.subtract(before.choice_logits, after.choice_logits)).max() > 1e-4

@@ -17,9 +17,12 @@
        "lang_encoder_path": "anas-awadalla/mpt-7b", "tokenizer_path": "anas-awadalla/mpt-7b",
        "cross_attn_every_n_layers": 4, "checkpoint": "checkpoint.pt"}
 
-  Relative paths (also after ``local-dir:``) are resolved against that directory. Each frame fills one
-  media slot: the prompt is ``<image>`` once per frame, then the same question text as above ending in
-  ``Answer:``; vision_x is [B, T_img=frames, F=1, C, H, W].
+  Relative paths (also after ``local-dir:``) are resolved against that directory. The clip is one media
+  item with the frames on its frame axis, as OpenFlamingo feeds video: vision_x is [B, T_img=1, F=frames,
+  C, H, W], the prompt one ``<image>`` then the same question text as above ending in ``Answer:``.
+
+Both backends let the question and the answer position attend to every frame (IDEFICS: the image attention
+mask widened to all images so far; OpenFlamingo: all frames in one media item).
 
 Both: one forward pass per batch (left-padded), no generation. The scores are the next-token logits of the
 option letters (" A", " B", ... as the tokenizer encodes them right after "Answer:") at the last prompt
@@ -81,7 +84,10 @@ def _question_text(item: TeacherInput, instruction: str) -> str:
 
 
 class IdeficsBackend:
-    """IDEFICS (transformers): each frame is one interleaved image of the user turn, in time order."""
+    """IDEFICS (transformers): each frame is one interleaved image of the user turn, in time order. The processor's
+    image attention mask lets a token cross-attend to the latest image only, so the question and the answer
+    position would see the last frame alone; it is widened so that every token attends to every image before it
+    (the question and the answer cue: all frames)."""
 
     media_tokens = ("<image>", "<fake_token_around_image>", IDEFICS_END_OF_UTTERANCE)
 
@@ -119,6 +125,8 @@ class IdeficsBackend:
         inputs = self.processor(text=sequences, add_end_of_utterance_token=False, padding="longest",
                                 return_tensors="pt")
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        mask = inputs["image_attention_mask"]  # [B, tokens, images]: 1 where a token attends to an image
+        inputs["image_attention_mask"] = mask.cummax(dim=1).values  # an image, once seen, stays attended
         return {key: value.to(self.input_device) for key, value in inputs.items()}
 
     def forward(self, inputs: dict):
@@ -149,7 +157,11 @@ class IdeficsBackend:
 
 
 class OpenFlamingoBackend:
-    """OpenFlamingo (open_flamingo package): one `<image>` media slot per frame, in time order."""
+    """OpenFlamingo (open_flamingo package): the clip is one media item whose frames lie on the frame axis
+    (vision_x [B, T_img=1, F=frames, C, H, W]), so the perceiver reads every frame into the media's latents and
+    the text after the one `<image>` (question and answer cue) cross-attends to all of them, as OpenFlamingo
+    feeds video. With one `<image>` per frame instead, `only_attend_immediate_media` would leave the question
+    the last frame alone."""
 
     media_tokens = (OPENFLAMINGO_MEDIA, "<|endofchunk|>")
 
@@ -192,20 +204,22 @@ class OpenFlamingoBackend:
         return f"{question_text}\n{ANSWER_CUE}"
 
     def encode(self, frames: list[np.ndarray], prompts: list[str]) -> dict:
+        """Rows grouped by frame count (the frame axis has no mask, so clips of other lengths run apart); each
+        group: vision_x [n, 1, F, C, H, W], one `<image>` then the prompt, left-padded."""
         import torch
 
-        slots = max(len(clip) for clip in frames)
-        vision = torch.zeros(len(frames), slots, 1, 3, *self._image_shape())
-        for row, clip in enumerate(frames):
-            # a shorter clip leaves zero images in its last slots; no <image> token points at them
-            vision[row, : len(clip), 0] = torch.stack([self.image_processor(image) for image in _to_pil(clip)])
-        texts = [OPENFLAMINGO_MEDIA * len(clip) + prompt for clip, prompt in zip(frames, prompts)]
-        tokens = self.tokenizer(texts, padding="longest", return_tensors="pt")
-        return {
-            "vision_x": vision.to(device=self.input_device, dtype=self.dtype),
-            "lang_x": tokens["input_ids"].to(self.input_device),
-            "attention_mask": tokens["attention_mask"].to(self.input_device),
-        }
+        groups = []
+        for count in sorted({len(clip) for clip in frames}):
+            rows = [i for i, clip in enumerate(frames) if len(clip) == count]
+            vision = torch.stack([torch.stack([self.image_processor(image) for image in _to_pil(frames[i])]) for i in rows])
+            tokens = self.tokenizer([OPENFLAMINGO_MEDIA + prompts[i] for i in rows], padding="longest", return_tensors="pt")
+            groups.append({
+                "rows": rows,
+                "vision_x": vision[:, None].to(device=self.input_device, dtype=self.dtype),  # one media, F frames
+                "lang_x": tokens["input_ids"].to(self.input_device),
+                "attention_mask": tokens["attention_mask"].to(self.input_device),
+            })
+        return {"groups": groups, "rows": len(frames)}
 
     def _image_shape(self) -> tuple[int, int]:
         size = self.model.vision_encoder.image_size
@@ -221,15 +235,38 @@ class OpenFlamingoBackend:
 
     def last_position(self, inputs: dict):
         """(hidden, logits) at each row's last position, on the model's device, with autograd if enabled."""
+        import torch
+
         model = self.model
-        try:
-            model._encode_vision_x(vision_x=inputs["vision_x"])
-            model._condition_media_locations(input_ids=inputs["lang_x"])
-            out = model.lang_encoder(input_ids=inputs["lang_x"], attention_mask=inputs["attention_mask"],
-                                     output_hidden_states=True, use_cache=False)
-        finally:
-            model.lang_encoder.clear_conditioned_layers()
-        return out.hidden_states[-1][:, -1], out.logits[:, -1]
+        parts = []
+        for group in inputs["groups"]:
+            try:
+                self._encode_frames(group["vision_x"])
+                model._condition_media_locations(input_ids=group["lang_x"])
+                out = model.lang_encoder(input_ids=group["lang_x"], attention_mask=group["attention_mask"],
+                                         output_hidden_states=True, use_cache=False)
+            finally:
+                model.lang_encoder.clear_conditioned_layers()
+            parts.append((group["rows"], out.hidden_states[-1][:, -1], out.logits[:, -1]))
+        order = torch.tensor([row for rows, _, _ in parts for row in rows]).argsort()
+        hidden = torch.cat([h for _, h, _ in parts])[order.to(parts[0][1].device)]
+        logits = torch.cat([lg for _, _, lg in parts])[order.to(parts[0][2].device)]
+        return hidden, logits
+
+    def _encode_frames(self, vision_x) -> None:
+        """`Flamingo._encode_vision_x` for F > 1 frames per media (open_flamingo 2.0.1 asserts F == 1, though its
+        perceiver reads a frame axis): the frozen vision encoder on every frame, the perceiver over each media's
+        frames together, the result conditioning every cross-attention layer."""
+        import torch
+        from einops import rearrange
+
+        model = self.model
+        b, t, f = vision_x.shape[:3]
+        with torch.no_grad():
+            tokens = model.vision_encoder(rearrange(vision_x, "b T F c h w -> (b T F) c h w"))[1]
+        latents = model.perceiver(rearrange(tokens, "(b T F) v d -> b T F v d", b=b, T=t, F=f))
+        for layer in model.lang_encoder._get_decoder_layers():
+            layer.condition_vis_x(latents)
 
     def trainable_parameters(self) -> list:
         """What OpenFlamingo trains and its checkpoint holds: perceiver, gated cross-attention, embeddings."""

@@ -122,7 +122,8 @@ def score_samples(
     rank = accelerator.process_index if accelerator is not None else 0
     is_main = accelerator is None or accelerator.is_main_process
     store = RowStore(store_dir, config_for_hash, writer=str(rank))
-    digests = {s.id: input_digest(s, frame_store, teacher.sample_source(s.id)) for s in samples}
+    source = getattr(teacher, "sample_source", lambda sample_id: None)  # duck-typed teachers have none
+    digests = {s.id: input_digest(s, frame_store, source(s.id)) for s in samples}
     done = set(_valid_rows(store, digests))
     barrier(accelerator)  # every rank sees the same finished set before anyone appends
 

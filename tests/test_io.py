@@ -195,3 +195,23 @@ def test_atomic_directory_survives_a_kill_between_move_aside_and_removal(tmp_pat
     with atomic_directory(target) as staging:  # the leftover does not block the next replacement
         (staging / "v").write_text("3")
     assert (target / "v").read_text() == "3"
+
+
+def test_source_digest_follows_the_code_of_the_named_modules(tmp_path, monkeypatch):
+    import sys
+
+    from cater.io import source_digest
+
+    package = tmp_path / "digestpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("X = 1\n")
+    (package / "b.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = source_digest("digestpkg.a", "digestpkg.b")
+    assert first == source_digest("digestpkg.b", "digestpkg.a")  # order does not matter
+    (package / "a.py").write_text("X = 2\n")  # a code change: cached work keyed by it is stale
+    assert source_digest("digestpkg.a", "digestpkg.b") != first
+    with pytest.raises(ValueError, match="not found"):
+        source_digest("digestpkg.missing")
+    sys.modules.pop("digestpkg", None)

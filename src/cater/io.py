@@ -126,6 +126,20 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def source_digest(*modules: str) -> str:
+    """A digest of the source files of `modules` (dotted names): part of a resumable cache's key, so cached
+    work computed by other code is never reused after that code changes (a fix takes effect on the next run)."""
+    import importlib.util
+
+    parts = []
+    for name in sorted(modules):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise ValueError(f"source_digest: module {name!r} not found")
+        parts.append([name, file_digest(spec.origin)])
+    return stable_hash(parts)
+
+
 def npy_problem(path: str | Path) -> str | None:
     """Why the .npy file at `path` is not a complete array (None when it is): a missing or unreadable
     header, or fewer (or more) data bytes than its header's shape and dtype need. Reads the header only."""

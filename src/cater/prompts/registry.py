@@ -7,6 +7,7 @@ from typing import Any
 from cater.prompts.base import PromptBackend
 
 BACKENDS = ("annotations", "openai", "hf", "given")
+BACKEND_MODULES = {"annotations": "annotations", "openai": "openai_backend", "hf": "hf_backend", "given": "given"}  # cater.prompts.*
 
 # Settings that change how requests are sent, never what comes back: they do not enter the
 # config hash of the finished rows, so changing them does not redo (or re-ask) anything.

@@ -12,10 +12,9 @@ def stage_main(description: str, run: Callable[[dict[str, Any], argparse.Namespa
                add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
                argv: list[str] | None = None, sections: tuple[str, ...] | None = None) -> int:
     """Parse arguments, load params (requiring `sections`, default all), run; errors exit 1 with one clear line."""
-    from cater.cli import STAGES
-
-    name = next((stage for stage, module in STAGES.items() if module == run.__module__), None)
-    parser = argparse.ArgumentParser(prog=f"cater {name}" if name else None, description=description)
+    module = run.__module__.rsplit(".", 1)[-1]  # cater.stages.<module>: the command `cater <stage>` (cater.cli)
+    name = {"evaluate": "eval"}.get(module, module)
+    parser = argparse.ArgumentParser(prog=f"cater {name}", description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if add_arguments:
         add_arguments(parser)

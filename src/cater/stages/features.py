@@ -20,7 +20,7 @@ from cater.data.schema import SPLITS, read_samples
 from cater.features import FeatureStoreWriter, qa_string
 from cater.prompts.base import event_text_per_frame
 from cater.io import (atomic_path, atomic_write_json, checkpoint_fingerprint, discard_corrupt, npy_problem, npz_problem,
-                      read_jsonl, stable_hash)
+                      read_jsonl, source_digest, stable_hash)
 from cater.models.backbone import BackboneSpec, load_backbone
 
 SPLITS_DIR = Path("data/splits")
@@ -127,6 +127,7 @@ def check_text_lengths(backbone, pooled: list[str], prompt: list[str], per_sampl
 def cache_key(spec: BackboneSpec, architecture: dict, frame_size: int, num_frames: int) -> str:
     """Cached features are reused only for the same backbone: its library, name, seed, config and weights."""
     return stable_hash({"backbone": spec.__dict__, "architecture": architecture, "frames": frame_size, "num_frames": num_frames,
+                        "code": source_digest("cater.models.backbone"),
                         "weights": checkpoint_fingerprint(spec.pretrained) if spec.pretrained and spec.pretrained != "openai" else None})
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from cater.data.frames import (BadVideoError, check_media_paths, decode_video, frame_stem, frames_problem, frames_suffix,
                                load_frames, media_roots, pixel_digest, save_frames)
 from cater.data.schema import read_samples
-from cater.io import atomic_write_json, discard_corrupt, stable_hash
+from cater.io import atomic_write_json, discard_corrupt, source_digest, stable_hash
 from cater.processes import die_with_parent
 
 SAMPLES = Path("data/samples.jsonl")
@@ -69,6 +69,7 @@ def run(params, args) -> None:
     codec, quality = cfg.get("codec", "png"), cfg.get("quality", 95)
     suffix = frames_suffix(codec)
     key = {k: cfg[k] for k in ("num_frames", "size")}
+    key["code"] = source_digest("cater.data.frames")  # how frames are chosen and decoded
     if codec != "npy":  # npy keeps the cache folder of stores made before codecs existed
         key.update(codec=codec, quality=quality if codec == "jpeg" else None)
     cache = CACHE / stable_hash(key)

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, group_by_video, read_samples
-from cater.io import RowStore, atomic_write_json, safe_name, stable_hash, write_jsonl
+from cater.io import RowStore, atomic_write_json, safe_name, source_digest, stable_hash, write_jsonl
 from cater.prompts.base import PromptError, PromptRequest
-from cater.prompts.registry import make_backend, result_config
+from cater.prompts.registry import BACKEND_MODULES, make_backend, result_config
 
 SPLITS_DIR = Path("data/splits")
 FRAMES = Path("data/frames")
@@ -84,7 +84,8 @@ def run(params, args) -> None:
         )
     frames = FrameStore(FRAMES)
     backend = make_backend(name, gen_cfg, CACHE / name / "responses")
-    config = {"generator": result_config(gen_cfg), "num_frames": params["frames"]["num_frames"]}
+    config = {"generator": result_config(gen_cfg), "num_frames": params["frames"]["num_frames"],
+              "code": source_digest("cater.prompts.base", f"cater.prompts.{BACKEND_MODULES.get(gen_cfg.get('backend'), 'base')}")}
     store = RowStore(CACHE / name / "rows", config)
     by_video = group_by_video(samples)
     digests = {vid: request_digest(group, frames) for vid, group in by_video.items()}

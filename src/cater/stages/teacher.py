@@ -22,7 +22,7 @@ import numpy as np
 from cater.config import ConfigError, load_params
 from cater.data.frames import FrameStore
 from cater.data.schema import SPLITS, Sample, SchemaError, read_samples
-from cater.io import atomic_write_json, checkpoint_fingerprint, safe_name, write_jsonl
+from cater.io import atomic_write_json, checkpoint_fingerprint, safe_name, source_digest, write_jsonl
 from cater.metrics import bootstrap_ci
 from cater.teachers.base import TeacherConfig, TeacherError
 from cater.teachers.runner import barrier, check_samples, score_samples
@@ -145,7 +145,8 @@ def run(name: str, params_path: str, progress: bool = True) -> None:
     from cater.teachers.registry import build_teacher
 
     teacher = build_teacher(config)
-    config_for_hash = {
+    config_for_hash = {  # the family's code too: a fix to how a teacher scores is never hidden by cached rows
+        "code": source_digest("cater.teachers.base", f"cater.teachers.{config.family}"),
         "family": config.family, "model": config.model, "dtype": config.dtype, "quantization": config.quantization,
         "num_frames": config.num_frames, "extra": config.extra, "batch_size": config.batch_size,
         "checkpoint": checkpoint_fingerprint(config.model),

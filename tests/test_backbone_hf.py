@@ -2,7 +2,6 @@
 CLIPModel's own encoders, and the features stage runs with it. A tiny random checkpoint is written to disk."""
 from __future__ import annotations
 
-import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,8 +15,6 @@ import yaml
 from helpers.tiny_hf_clip import CONTEXT, IMAGE_SIZE, MEAN, PATCH_SIZE, PROJECTION, STD, write_tiny_hf_clip
 
 from cater.config import ConfigError, load_params
-from cater.data.schema import Sample, write_samples
-from cater.io import write_jsonl
 from cater.models.backbone import BackboneSpec, FrozenHFCLIP, load_backbone
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -105,31 +102,16 @@ def test_unknown_library_is_an_error():
         load_backbone(BackboneSpec(library="jax"))
 
 
-def _sample(video_id: str, split: str) -> Sample:
-    return Sample(id=f"{video_id}-q", dataset="shapes", split=split, video=f"data/videos/{video_id}.mp4", video_id=video_id,
-                  question="What moved?", choices=["a circle", "a square"], answer_idx=0, question_type="what")
-
-
 def test_features_stage_with_transformers(checkpoint, tmp_path, monkeypatch):
     """The stage end to end on random frames; the store records the library, and the backbone train rebuilds from it
     (backbone_on_the_fly) gives the stored features."""
     from cater.features import CachedFeatures
     from cater.stages import features as stage
 
+    from helpers.features_inputs import write_features_inputs
+
     monkeypatch.chdir(tmp_path)
-    samples = [_sample("v1", "train"), _sample("v2", "val"), _sample("v3", "test")]
-    for split in ("train", "val", "test"):
-        write_samples(tmp_path / f"data/splits/{split}.jsonl", [s for s in samples if s.split == split])
-    (tmp_path / "data/frames").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    index = {}
-    for s in samples:
-        np.save(tmp_path / f"data/frames/{s.video_id}.npy", rng.integers(0, 256, (4, 48, 48, 3), dtype=np.uint8))
-        index[s.video_id] = {"file": f"{s.video_id}.npy", "times": [0.0, 0.5, 1.0, 1.5], "num_frames": 4}
-    (tmp_path / "data/frames/index.json").write_text(json.dumps(index))
-    write_jsonl(tmp_path / "data/prompts/gpt.jsonl", [
-        {"video_id": s.video_id, "frames": [f"frame {i}" for i in range(4)],
-         "events": [{"start_frame": 0, "end_frame": 3, "text": "a circle moves"}]} for s in samples])
+    write_features_inputs(tmp_path, size=48)
     params = load_params(REPO_PARAMS)
     params["frames"]["num_frames"] = 4
     params["features"] = {**params["features"], "device": "cpu", "library": "transformers", "backbone": "tiny-hf-clip",

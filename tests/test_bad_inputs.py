@@ -139,14 +139,7 @@ def test_texts_longer_than_the_text_encoder_are_an_error_naming_the_sample(capsy
     assert check_text_lengths(backbone, strings[:2], prompt[:1], {"ok-q": per_sample["ok-q"]}, {}, truncate=False) == [5]
 
 
-def _sample(video_id: str, split: str, answer_idx: int | None = 0) -> Sample:
-    return Sample(id=f"{video_id}-q", dataset="shapes", split=split, video=f"data/videos/{video_id}.mp4", video_id=video_id,
-                  question="What moved?", choices=["a circle", "a square"], answer_idx=answer_idx, question_type="what")
-
-
-def _prompt_row(video_id: str, num_frames: int = 4) -> dict:
-    return {"video_id": video_id, "frames": [f"frame {i}" for i in range(num_frames)],
-            "events": [{"start_frame": 0, "end_frame": num_frames - 1, "text": "a circle moves"}]}
+from helpers.features_inputs import prompt_row as _prompt_row, sample as _sample  # noqa: E402
 
 
 def test_a_prompts_file_missing_videos_of_the_splits_is_an_error(tmp_path):
@@ -165,18 +158,10 @@ def test_a_prompts_file_missing_videos_of_the_splits_is_an_error(tmp_path):
 @pytest.fixture
 def features_workspace(tmp_path, monkeypatch):
     """splits, a frame store and one prompts file, written directly, for the features stage (cater-tiny)."""
+    from helpers.features_inputs import write_features_inputs
+
     monkeypatch.chdir(tmp_path)
-    samples = [_sample("v1", "train"), _sample("v2", "val"), _sample("v3", "test")]
-    for split in ("train", "val", "test"):
-        write_samples(tmp_path / f"data/splits/{split}.jsonl", [s for s in samples if s.split == split])
-    (tmp_path / "data/frames").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    index = {}
-    for s in samples:
-        np.save(tmp_path / f"data/frames/{s.video_id}.npy", rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
-        index[s.video_id] = {"file": f"{s.video_id}.npy", "times": [0.0, 0.5, 1.0, 1.5], "num_frames": 4}
-    (tmp_path / "data/frames/index.json").write_text(json.dumps(index))
-    write_jsonl(tmp_path / "data/prompts/gpt.jsonl", [_prompt_row(s.video_id) for s in samples])
+    write_features_inputs(tmp_path, size=32)
     params = load_params(REPO_PARAMS)
     params["frames"]["num_frames"] = 4
     params["features"] = {**params["features"], "device": "cpu"}

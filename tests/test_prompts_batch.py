@@ -13,23 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FakeOpenAIServer, write_workspace
+from fake_openai_server import write_workspace
 from cater.io import read_jsonl
 from cater.stages.prompts import main
 
-KEY = "sk-batch-test-SECRET"
-KEY_ENV = "FAKE_SERVER_KEY"
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer() as srv:
-        yield srv
+from test_prompts_stage import KEY, KEY_ENV, server  # noqa: F401  (the loopback server fixture)
+from test_prompts_stage import gpt as direct_gpt
 
 
 def gpt(server, **options) -> dict:
-    return {"gpt": {"backend": "openai", "model": "gpt-4o-mini", "base_url": server.base_url, "api_key_env": KEY_ENV,
-                    "max_retries": 0, "timeout": 5, "image_size": 32, "batch": True, "batch_poll_seconds": 0.01, **options}}
+    """The stage tests' openai generator, in batch mode."""
+    return direct_gpt(server, max_retries=0, batch=True, batch_poll_seconds=0.01, **options)
 
 
 def run_stage(root: Path, monkeypatch) -> int:

@@ -126,6 +126,17 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def jsonl_lines(path: str | Path):
+    """(line number, byte offset, raw line) of each non-blank line of a JSONL file, read as bytes, so a reader can
+    come back to a line later (os.pread / seek) without keeping it."""
+    offset = 0
+    with Path(path).open("rb") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            start, offset = offset, offset + len(line)
+            if line.strip():
+                yield lineno, start, line
+
+
 def source_digest(*modules: str) -> str:
     """A digest of the source files of `modules` (dotted names): part of a resumable cache's key, so cached
     work computed by other code is never reused after that code changes (a fix takes effect on the next run)."""

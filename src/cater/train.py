@@ -21,7 +21,7 @@ from cater.choices import CHOICE_TEXTS, LR_SCHEDULES, PROMPT_VARIANTS
 from cater.data.schema import Sample
 from cater.distill import DistillationLoss, DistillConfig
 from cater.features import CachedFeatures
-from cater.io import decode_array
+from cater.io import decode_array, jsonl_lines
 from cater.models.student import CaTeRStudent, StudentConfig
 
 
@@ -130,23 +130,18 @@ def load_teacher_outputs(path: Path, keep_hidden: bool = True) -> TeacherOutputs
     if not path.exists():
         raise FileNotFoundError(f"{path}: teacher outputs missing (run or pull the teacher stage)")
     rows = {}
-    offset = 0
-    with path.open("rb") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string field 'key'")
-            blob = row.pop("hidden", None)
-            if keep_hidden and blob:
-                vector = decode_array(blob)
-                row.update(hidden_at=start, hidden_width=int(vector.shape[-1]), hidden_finite=bool(np.isfinite(vector).all()))
-            rows[row["key"]] = row
+    for lineno, start, line in jsonl_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            raise ValueError(f"{path}:{lineno}: expected an object with a string field 'key'")
+        blob = row.pop("hidden", None)
+        if keep_hidden and blob:
+            vector = decode_array(blob)
+            row.update(hidden_at=start, hidden_width=int(vector.shape[-1]), hidden_finite=bool(np.isfinite(vector).all()))
+        rows[row["key"]] = row
     return TeacherOutputs(rows, path)
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from cater.data.adapters import AdapterError, COMMON_KEYS, check_unique_id, question_word, require_file, resolve_cfg
 from cater.data.schema import SPLITS, Sample
+from cater.io import jsonl_lines
 
 KEYS = COMMON_KEYS | {"frames_root"}
 DEFAULTS = {"splits": list(SPLITS), "check_videos": True, "frames_root": None}
@@ -74,19 +75,14 @@ def sample_id(split: str, row_id: Any) -> str:
 
 def iter_rows(path: Path):
     """(line number, byte offset, record) of each non-blank line; the record is parsed, nothing is kept."""
-    offset = 0
-    with require_file(path).open("rb") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise AdapterError(f"{path}:{lineno}: malformed JSON line ({exc})") from None
-            if not isinstance(record, dict):
-                raise AdapterError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, start, record
+    for lineno, start, line in jsonl_lines(require_file(path)):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AdapterError(f"{path}:{lineno}: malformed JSON line ({exc})") from None
+        if not isinstance(record, dict):
+            raise AdapterError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        yield lineno, start, record
 
 
 def _string_list(record: dict, key: str, where: str, required: bool) -> list[str] | None:

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from cater.ablations import (AXES, AblationError, Experiment, build_grid, count_stage_runs, exp_show_json,
+from cater.ablations import (AXES, available_groups, AblationError, Experiment, build_grid, count_stage_runs, exp_show_json,
                              parse_group_specs, parse_queue_status, plan_waves, read_settings, read_show_json,
                              run_ablations, upstream_axes, wait_for_queue, Runner)
 from helpers.dvc_workspace import REPO, make_workspace, run
@@ -54,8 +54,20 @@ def test_full_grid_dedupes_the_reference_row():
     assert soft.set_params() == ["train.prompt_variant=event", "train.distill.mode=soft",
                                  f"train.teacher={PARAMS['train']['teacher']}",
                                  f"train.prompt_generator={PARAMS['train']['prompt_generator']}", "train.label_fraction=1.0",
-                                 "train.seed=2"]
+                                 "train.choice_text=qa", "train.seed=2"]
     assert {e.name for e in grid.experiments} >= {f"teacher-{t}-s0" for t in teachers if t != PARAMS["train"]["teacher"]}
+
+
+def test_subtitles_group_appears_only_for_a_dataset_with_subtitles():
+    assert "subtitles" not in available_groups(PARAMS)
+    with pytest.raises(AblationError, match="needs a dataset with subtitles"):
+        build_grid(PARAMS, seeds=1, groups={"subtitles": None})
+    tvqa = {**PARAMS, "dataset": {"name": "tvqa", "annotations": "data/raw/tvqa/annotations",
+                                  "subtitles": "data/raw/tvqa/subtitles", "use_ts": True}}
+    grid = build_grid(tvqa, seeds=1, groups={"prompt": ["event"], "subtitles": None})
+    assert [e.name for e in grid.experiments] == ["prompt-event-s0", "subtitles-qa_subtitles-s0"]
+    assert grid.experiments[0].rows == [("prompt", "event"), ("subtitles", "qa")]  # the reference row, reused
+    assert "train.choice_text=qa_subtitles" in grid.experiments[1].set_params()
 
 
 def test_generator_group_appears_with_several_generators():

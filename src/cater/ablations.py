@@ -33,9 +33,11 @@ DISTILL_AXIS = "train.distill.mode"
 TEACHER_AXIS = "train.teacher"
 GENERATOR_AXIS = "train.prompt_generator"
 LABEL_AXIS = "train.label_fraction"
+CHOICE_TEXT_AXIS = "train.choice_text"
 SEED_KEY = "train.seed"
-AXES = (PROMPT_AXIS, DISTILL_AXIS, TEACHER_AXIS, GENERATOR_AXIS, LABEL_AXIS)
-GROUP_ORDER = ("prompt", "distill", "teacher", "generator", "labels", "labels_none")
+AXES = (PROMPT_AXIS, DISTILL_AXIS, TEACHER_AXIS, GENERATOR_AXIS, LABEL_AXIS, CHOICE_TEXT_AXIS)
+GROUP_ORDER = ("prompt", "distill", "teacher", "generator", "subtitles", "labels", "labels_none")
+SUBTITLE_CHOICE_TEXTS = ("qa", "qa_subtitles")  # the subtitles group: the student's text without and with subtitles
 # the label-scarce setting, where distillation classically pays: labels on this fraction of train, teachers on all of it
 LABEL_FRACTIONS = ("0.1", "0.25", "1.0")
 EXPERIMENT_STAGES = ("train", "eval")  # the stages a queued experiment is expected to run
@@ -51,7 +53,7 @@ class AblationError(RuntimeError):
 
 @dataclass(frozen=True)
 class Group:
-    name: str       # prompt | distill | teacher | generator | labels | labels_none
+    name: str       # prompt | distill | teacher | generator | subtitles | labels | labels_none
     axis: str       # the dotted params key this group varies
     values: tuple[str, ...]
     title: str
@@ -101,7 +103,8 @@ def get_dotted(tree: dict, dotted: str) -> Any:
 
 
 def available_groups(params: dict) -> dict[str, Group]:
-    """Every group the recipe defines; the generator group only when there is more than one generator."""
+    """Every group the recipe defines; the generator group only when there is more than one generator, the
+    subtitles group only when the dataset has subtitles (TVQA with dataset.subtitles)."""
     teachers = tuple(params.get("teacher", {}).get("models", {}) or ())
     generators = tuple(params.get("prompts", {}).get("generators", {}) or ())
     groups = {
@@ -111,6 +114,8 @@ def available_groups(params: dict) -> dict[str, Group]:
     }
     if len(generators) > 1:
         groups["generator"] = Group("generator", GENERATOR_AXIS, generators, "Prompt generator")
+    if (params.get("dataset") or {}).get("subtitles"):
+        groups["subtitles"] = Group("subtitles", CHOICE_TEXT_AXIS, SUBTITLE_CHOICE_TEXTS, "Subtitles in the student's text")
     groups["labels"] = Group("labels", LABEL_AXIS, LABEL_FRACTIONS, "Label fraction, hybrid distillation")
     groups["labels_none"] = Group("labels_none", LABEL_AXIS, LABEL_FRACTIONS, "Label fraction, no distillation",
                                   fixed=((DISTILL_AXIS, "none"),), pair_with="labels")
@@ -118,13 +123,13 @@ def available_groups(params: dict) -> dict[str, Group]:
 
 
 def reference_config(params: dict) -> dict[str, str]:
-    """Event prompts, hybrid distillation, all labels, and the teacher and generator that params.yaml names."""
+    """Event prompts, hybrid distillation, all labels, and the teacher, generator and choice text that params.yaml names."""
     train = params.get("train", {})
     missing = [key for key in ("teacher", "prompt_generator") if key not in train]
     if missing:
         raise AblationError(f"params.yaml: train.{missing[0]} is missing (the reference row needs it)")
     return {PROMPT_AXIS: "event", DISTILL_AXIS: "hybrid", TEACHER_AXIS: str(train["teacher"]),
-            GENERATOR_AXIS: str(train["prompt_generator"]), LABEL_AXIS: "1.0"}
+            GENERATOR_AXIS: str(train["prompt_generator"]), LABEL_AXIS: "1.0", CHOICE_TEXT_AXIS: str(train.get("choice_text", "qa"))}
 
 
 def read_settings(params: dict, source: str = "params.yaml") -> Settings:
@@ -175,7 +180,8 @@ def build_grid(params: dict, seeds: int, groups: dict[str, list[str] | None] | N
     selected: list[Group] = []
     for name, values in wanted.items():
         if name not in available:
-            why = " (it needs more than one entry in prompts.generators)" if name == "generator" else ""
+            why = {"generator": " (it needs more than one entry in prompts.generators)",
+                   "subtitles": " (it needs a dataset with subtitles: dataset.subtitles)"}.get(name, "")
             raise AblationError(f"unknown ablation group {name!r}{why}; available: {', '.join(available)}")
         group = available[name]
         if values is not None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 PROMPT_VARIANTS = ("none", "random", "frame", "event")  # train.prompt_variant
 DISTILL_MODES = ("none", "hard", "soft", "hybrid")  # train.distill.mode
-CHOICE_TEXTS = ("qa", "answer")  # train.choice_text: pooled "question answer: choice" (seed) | the answer alone
+# train.choice_text: pooled "question answer: choice" (seed) | the answer alone | the qa string followed by the
+# sample's subtitles (datasets with subtitles: TVQA), cut at the text encoder's context
+CHOICE_TEXTS = ("qa", "answer", "qa_subtitles")
 LR_SCHEDULES = ("warmup_cosine", "constant")  # train.lr_schedule
 MIXED_PRECISION = ("no", "fp16", "bf16")  # train.mixed_precision
 FUSIONS = ("norm", "gated")  # norm: LayerNorm(visual + dropout(attn)) (seed) | gated: pre-norm attn + FF, tanh gate from 0

@@ -4,7 +4,8 @@ Layout of a features directory (format 2):
 
     index.json                  format, backbone, num_frames, embed_dim, token_length, video_ids (row order),
                                 video_aliases (optional: ids that share another id's frames, hence its row),
-                                per-sample string ids, per-generator prompt ids, and each tensor's shards
+                                per-sample string ids (question, qa, answer; qa_subtitles where the
+                                dataset has subtitles), per-generator prompt ids, and each tensor's shards
     video/000000.safetensors    "rows" [n, T, 1+P, D] fp16: per video, each frame's CLS token then its patches
     pooled/000000.safetensors   "rows" [n, D] fp16: pooled text vectors of the sample strings (questions,
                                 "question answer: choice", answers)
@@ -44,6 +45,13 @@ _DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
 
 def qa_string(question: str, choice: str) -> str:
     return f"{question} answer: {choice}"  # the seed's choice string
+
+
+def qa_subtitles_string(question: str, choice: str, subtitles: str | None) -> str:
+    """The choice string followed by the sample's subtitles (train.choice_text: qa_subtitles). The subtitles
+    come last so that the text encoder's context cuts them, never the question or the choice."""
+    text = " ".join((subtitles or "").split())
+    return f"{qa_string(question, choice)} subtitles: {text}" if text else qa_string(question, choice)
 
 
 # ---- shards ------------------------------------------------------------------------------------------------

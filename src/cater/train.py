@@ -32,7 +32,7 @@ class TrainConfig:
     teacher: str = "videollava"
     distill: DistillConfig = field(default_factory=DistillConfig)
     student: dict = field(default_factory=dict)
-    choice_text: str = "qa"  # qa: pooled `question + answer` (recipe) | answer: the answer alone
+    choice_text: str = "qa"  # qa: pooled `question + answer` (recipe) | answer: the answer alone | qa_subtitles: qa + subtitles
     epochs: int = 30
     batch_size: int = 32
     lr: float = 3e-3
@@ -51,7 +51,7 @@ class TrainConfig:
         if self.prompt_variant not in PROMPT_VARIANTS:
             raise ValueError(f"train.prompt_variant must be one of {PROMPT_VARIANTS}, got {self.prompt_variant!r}")
         if self.choice_text not in CHOICE_TEXTS:
-            raise ValueError(f"train.choice_text must be qa or answer, got {self.choice_text!r}")
+            raise ValueError(f"train.choice_text must be one of {', '.join(CHOICE_TEXTS)}, got {self.choice_text!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
@@ -202,7 +202,10 @@ class SplitTensors:
         self.choice_mask = torch.zeros(n, c, dtype=torch.bool)
         self.question_ids = torch.tensor([index["samples"][s.id]["question"] for s in samples])
         self.prompt_ids = torch.full((n, t), -1, dtype=torch.long)
-        key = "qa" if cfg.choice_text == "qa" else "answer"
+        key = cfg.choice_text
+        if samples and key not in index["samples"][samples[0].id]:
+            raise ValueError(f"train.choice_text: {key}: the features store has no such texts; the features stage writes "
+                             f"them only for datasets with subtitles (TVQA with dataset.subtitles set)")
         prompts = None if cfg.prompt_variant == "none" else features.prompt_ids(cfg.prompt_generator)
         kind = "frame" if cfg.prompt_variant == "frame" else "event"
         self.missing_prompts = 0

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cater.data.frames import FrameStore, frame_stem
 from cater.data.schema import SPLITS, read_samples
-from cater.features import FeatureStoreWriter, qa_string
+from cater.features import FeatureStoreWriter, qa_string, qa_subtitles_string
 from cater.prompts.base import event_text_per_frame
 from cater.io import (atomic_path, atomic_write_json, checkpoint_fingerprint, discard_corrupt, npy_problem, npz_problem,
                       read_jsonl, source_digest, stable_hash)
@@ -38,7 +38,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
     """Deduplicated texts: the sample strings (pooled vectors) and the prompt strings (token vectors), the
-    per-sample ids into the first list and the per-generator, per-video prompt ids into the second."""
+    per-sample ids into the first list and the per-generator, per-video prompt ids into the second. Where any
+    sample has subtitles, every sample also gets `qa_subtitles` (its qa strings followed by its subtitles)."""
     pooled: dict[str, int] = {}
     prompt: dict[str, int] = {}
 
@@ -48,6 +49,7 @@ def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
     def pid(text: str) -> int:
         return prompt.setdefault(text, len(prompt))
 
+    with_subtitles = any(s.subtitles and s.subtitles.strip() for s in samples)
     per_sample = {}
     for s in samples:
         per_sample[s.id] = {
@@ -55,6 +57,8 @@ def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
             "qa": [sid(qa_string(s.question, c)) for c in s.choices],
             "answer": [sid(c) for c in s.choices],
         }
+        if with_subtitles:
+            per_sample[s.id]["qa_subtitles"] = [sid(qa_subtitles_string(s.question, c, s.subtitles)) for c in s.choices]
     prompts = {}
     for generator, path in sorted(prompt_files.items()):
         rows = {}
@@ -92,6 +96,14 @@ def check_text_lengths(backbone, pooled: list[str], prompt: list[str], per_sampl
     Returns the prompt strings' token counts (capped at the context)."""
     limit = backbone.context_length
     long_pooled = {i for i, n in enumerate(backbone.token_lengths(pooled)) if n > limit}
+    # qa_subtitles strings end with the subtitles so that the context cuts them there, by design (counted only)
+    cut_by_design = {i for ids in per_sample.values() for i in ids.get("qa_subtitles", ())} - {
+        i for ids in per_sample.values() for name in ("question", "qa", "answer")
+        for i in (ids[name] if isinstance(ids[name], list) else [ids[name]])}
+    if long_pooled & cut_by_design:
+        print(f"features: {len(long_pooled & cut_by_design)} of {len(cut_by_design)} qa + subtitles text(s) are cut at the "
+              f"text encoder's {limit} tokens (the subtitles' tail; the question and choice are kept)")
+    long_pooled -= cut_by_design
     prompt_lengths = backbone.token_lengths(prompt)
     long_prompt = {i for i, n in enumerate(prompt_lengths) if n > limit}
     capped = [min(n, limit) for n in prompt_lengths]

@@ -196,7 +196,7 @@ def test_tiny_round_trip_scores_a_batch(teacher):
         assert out.hidden.shape == (teacher.hidden_size,) and out.hidden.dtype == np.float32
         assert np.isfinite(out.hidden).all() and not out.missing
     # letter ids come from the tokenizer: each ' A'..' E' is one token
-    assert teacher.letter_ids == teacher.tokenizer.convert_tokens_to_ids([f"Ġ{letter}" for letter in "ABCDE"])
+    assert teacher.letter_ids == teacher.tokenizer.convert_tokens_to_ids([f"\u2581{letter}" for letter in "ABCDE"])  # LLaMA SentencePiece
     # left padding: the batch gives what each sample gives alone
     for item, out in zip(batch, outputs):
         alone = teacher.score([item])[0]

@@ -69,7 +69,7 @@ def test_letter_ids_come_from_the_tokenizer_in_context(teacher):
     tokenizer = teacher.tokenizer
     assert len(set(teacher.letter_ids)) == len(LETTERS)
     for letter, token_id in zip(LETTERS, teacher.letter_ids):
-        assert tokenizer.decode([token_id]) == f" {letter}"
+        assert tokenizer.convert_ids_to_tokens(token_id) == f"▁{letter}"  # LLaMA SentencePiece, as Video-LLaVA-7B's
     prompt = teacher.prompt(make_items(1)[0])
     assert prompt.startswith("USER: <video>\n") and prompt.endswith("ASSISTANT:")
     encoded = tokenizer(prompt + " C")["input_ids"]
@@ -198,7 +198,10 @@ def test_cuda_requested_without_cuda(tiny_path):
 
 def test_letters_that_are_not_single_tokens_are_refused(tmp_path, monkeypatch):
     # a tokenizer learned from text without " A".." E" splits each letter into space + letter
-    monkeypatch.setattr(videollava, "_TINY_CORPUS", "USER: <video>\nwhat moved first?\nASSISTANT:")
+    from cater.teachers import tiny_tokenizers
+
+    monkeypatch.setattr(tiny_tokenizers, "training_lines", lambda: ["USER: <video>\nwhat moved first?\nASSISTANT:"])
+    monkeypatch.setattr(tiny_tokenizers, "check_letters", lambda tokenizer, space: None)  # the writer's own guard
     path = write_tiny_videollava(tmp_path / "bad-tokenizer", seed=0)
     with pytest.raises(TeacherError, match="option letter 'A' does not encode to exactly one token"):
         VideoLlavaTeacher(TeacherConfig(family="videollava", model=str(path)))

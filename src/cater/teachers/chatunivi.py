@@ -578,6 +578,12 @@ def load_tokenizer(path: Path, config: dict):
     names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     if not any((path / name).is_file() for name in names):
         raise TeacherError(f"Chat-UniVi checkpoint {path}: no tokenizer ({', '.join(names)}); the teacher needs one")
+    if not (path / "tokenizer.json").is_file() and (path / "tokenizer.model").is_file():
+        import importlib.util
+
+        if importlib.util.find_spec("google.protobuf") is None:  # transformers converts tokenizer.model through it
+            raise TeacherError(f"Chat-UniVi checkpoint {path}: its tokenizer is tokenizer.model only (as released), which "
+                               f"transformers converts with protobuf; install it (requirements.txt pins it)")
     try:
         return AutoTokenizer.from_pretrained(str(path), config=llama_config(config))
     except (OSError, ValueError) as err:
@@ -759,20 +765,14 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def tiny_tokenizer():
-    """A byte-level BPE tokenizer with LLaMA's special ids (<unk>=0, <s>=1, </s>=2) in which
-    ' A'..' E' are single tokens, wrapped as PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """(LLaMA's SentencePiece tokenizer, the `tokenizer.model` bytes): Chat-UniVi-7B's family, <unk>=0, <s>=1,
+    </s>=2, padding with <unk> as the LLaVA-style training does."""
+    from cater.teachers.tiny_tokenizers import llama_sentencepiece
 
-    specials = ["<unk>", "<s>", "</s>"]
-    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merged = [("Ġ", letter) for letter in LETTERS]
-    vocab = {tok: i for i, tok in enumerate(specials + byte_chars + [a + b for a, b in merged])}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merged))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>", padding_side="left")
+    return llama_sentencepiece(**TINY_TOKENIZER_CONFIG)
+
+
+TINY_TOKENIZER_CONFIG = {"pad_token": "<unk>", "padding_side": "right", "model_max_length": 2048}
 
 
 def tiny_checkpoint_config(vocab_size: int) -> dict:
@@ -845,12 +845,12 @@ def write_tiny_chatunivi(path: str | Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaForCausalLM
 
+    from cater.teachers.tiny_tokenizers import llama_tokenizer_config
+
     path = Path(path)
     generator = torch.Generator().manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    config = tiny_checkpoint_config(TINY_LLAMA["vocab_size"])
-    if len(tokenizer) > config["vocab_size"]:
-        raise AssertionError("tiny tokenizer larger than the tiny vocabulary")
+    tokenizer, sentencepiece_model = tiny_tokenizer()
+    config = tiny_checkpoint_config(len(tokenizer))
 
     llm = LlamaForCausalLM(llama_config(config))
     clip_config = CLIPVisionConfig(**TINY_CLIP)
@@ -874,5 +874,7 @@ def write_tiny_chatunivi(path: str | Path, seed: int = 0) -> Path:
             "do_convert_rgb": True, "resample": 3, "rescale_factor": 1 / 255,
             "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
         }, indent=2))
-        tokenizer.save_pretrained(str(staging))
+        # as the released checkpoints: tokenizer.model and its config, no tokenizer.json (loading converts it)
+        (staging / "tokenizer.model").write_bytes(sentencepiece_model)
+        (staging / "tokenizer_config.json").write_text(json.dumps(llama_tokenizer_config(**TINY_TOKENIZER_CONFIG), indent=2))
     return path

@@ -489,23 +489,6 @@ LM_DIR = "lm"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def _byte_bpe(specials: list[str]):
-    """A byte-level BPE tokenizer: every byte is a token, plus merges that make ' A'..' E' single tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {char: i for i, char in enumerate(alphabet)}
-    merges = []
-    for letter in LETTERS:
-        merges.append(("Ġ", letter))
-        vocab["Ġ" + letter] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(specials)
-    return tok
-
-
 GATE_PARAMS = ("attn_gate", "ff_gate", "alpha_cross_attn", "alpha_dense")  # OpenFlamingo, IDEFICS
 
 
@@ -530,16 +513,14 @@ def _seeded_init(named_params, seed: int) -> None:
 
 
 def _write_tiny_idefics(path: Path, seed: int) -> None:
-    from transformers import (IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessor, IdeficsProcessor,
-                              TokenizersBackend)
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessor, IdeficsProcessor
 
-    # IDEFICS layout: the two image tokens come last, in the decoupled "additional" embedding
-    base_specials = ["<unk>", "<s>", "</s>", IDEFICS_END_OF_UTTERANCE]
+    from cater.teachers.tiny_tokenizers import llama_sentencepiece
+
+    # IDEFICS-9B's tokenizer is LLaMA's SentencePiece with <end_of_utterance> and the two image tokens added;
+    # the image tokens come last, in the decoupled "additional" embedding
     image_specials = ["<fake_token_around_image>", "<image>"]
-    tokenizer = TokenizersBackend(
-        tokenizer_object=_byte_bpe(base_specials + image_specials), bos_token="<s>", eos_token="</s>",
-        unk_token="<unk>", pad_token="<unk>", extra_special_tokens=[IDEFICS_END_OF_UTTERANCE, *image_specials],
-    )
+    tokenizer, sentencepiece_model = llama_sentencepiece((IDEFICS_END_OF_UTTERANCE, *image_specials), pad_token="<unk>")
     processor = IdeficsProcessor(IdeficsImageProcessor(image_size=TINY_IMAGE), tokenizer)
     config = IdeficsConfig(
         vocab_size=len(tokenizer) - len(image_specials), additional_vocab_size=len(image_specials),
@@ -556,6 +537,7 @@ def _write_tiny_idefics(path: Path, seed: int) -> None:
     _seeded_init(model.named_parameters(), seed)
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    (path / "tokenizer.model").write_bytes(sentencepiece_model)
 
 
 def _write_tiny_openflamingo(path: Path, seed: int) -> None:
@@ -563,7 +545,9 @@ def _write_tiny_openflamingo(path: Path, seed: int) -> None:
     import torch
     from open_flamingo import create_model_and_transforms
     from safetensors.torch import save_file
-    from transformers import MptConfig, MptForCausalLM, TokenizersBackend
+    from transformers import MptConfig, MptForCausalLM
+
+    from cater.teachers.tiny_tokenizers import gpt_neox_bpe
 
     # vision encoder: an open_clip model in a local-dir (config + weights)
     clip_cfg = {"embed_dim": TINY_HIDDEN,
@@ -576,10 +560,9 @@ def _write_tiny_openflamingo(path: Path, seed: int) -> None:
     _seeded_init(clip.named_parameters(), seed)
     save_file(clip.state_dict(), path / CLIP_DIR / "open_clip_model.safetensors")
 
-    # language model: MPT (as in OpenFlamingo-9B-vitl-mpt7b) with a GPT-NeoX-like tokenizer; the loader
-    # adds <|endofchunk|>, <image> and <PAD> and resizes the embeddings, as for the real model
-    tokenizer = TokenizersBackend(tokenizer_object=_byte_bpe(["<|endoftext|>"]), bos_token="<|endoftext|>",
-                                  eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    # language model: MPT (as in OpenFlamingo-9B-vitl-mpt7b) with GPT-NeoX's tokenizer class (byte-level BPE);
+    # the loader adds <|endofchunk|>, <image> and <PAD> and resizes the embeddings, as for the real model
+    tokenizer = gpt_neox_bpe()
     lm_config = MptConfig(vocab_size=len(tokenizer), d_model=TINY_HIDDEN, n_heads=2, n_layers=TINY_LAYERS,
                           expansion_ratio=2, max_seq_len=1024, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id)

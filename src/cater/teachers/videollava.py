@@ -266,16 +266,6 @@ TINY_FRAME_SIZE = 32
 TINY_PATCH = 8
 TINY_FRAMES = 8
 TINY_HIDDEN = 32
-_TINY_CORPUS = (
-    "USER: <video>\nWhat happens first in the video?\nA. a red circle moves left\nB. a blue square moves right\n"
-    "C. a green triangle appears\nD. the yellow star disappears\nE. nothing changes\n"
-    "Answer with the option's letter. ASSISTANT: A ASSISTANT: B ASSISTANT: C ASSISTANT: D ASSISTANT: E\n"
-    "Subtitles: which shape moved up or down before or after the other one? what color was it? how many?\n"
-    "the of and to in is it that was for on are with as at be this have from or one had by word but not "
-    "what all were we when your can said there use an each which she do how their if will up other about out "
-    "many then them these so some her would make like him into time has look two more write go see number no "
-    "way could people my than first water been call who oil its now find long down day did get come made may part"
-)
 _CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] | upper }}: "
     "{% for item in message['content'] if item['type'] == 'image' %}<image>\n{% endfor %}"
@@ -287,27 +277,11 @@ _CHAT_TEMPLATE = (
 
 
 def _tiny_tokenizer():
-    """A byte-level BPE tokenizer learned from a fixed text (deterministic), with Llama-like special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import TokenizersBackend
+    """LLaMA's SentencePiece tokenizer family (as Video-LLaVA-7B's), with `<image>`, `<video>`, `<pad>` added."""
+    from cater.teachers.tiny_tokenizers import llama_sentencepiece
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),
-        special_tokens=["<unk>", "<s>", "</s>"],
-        show_progress=False,
-    )
-    tok.train_from_iterator([_TINY_CORPUS], trainer)
-    tok.add_special_tokens(["<image>", "<video>", "<pad>"])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    return TokenizersBackend(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        padding_side="left", extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-    )
+    return llama_sentencepiece(("<image>", "<video>"), pad_token="<pad>", padding_side="left",
+                               extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})
 
 
 def _init_weights_deterministically(model, seed: int) -> None:
@@ -332,7 +306,7 @@ def write_tiny_videollava(path: str | Path, seed: int = 0) -> Path:
                               VideoLlavaProcessor, VideoLlavaVideoProcessor)
 
     path = Path(path)
-    tokenizer = _tiny_tokenizer()
+    tokenizer, sentencepiece_model = _tiny_tokenizer()
     size = {"shortest_edge": TINY_FRAME_SIZE}
     crop = {"height": TINY_FRAME_SIZE, "width": TINY_FRAME_SIZE}
     processor = VideoLlavaProcessor(
@@ -367,4 +341,5 @@ def write_tiny_videollava(path: str | Path, seed: int = 0) -> Path:
     with atomic_directory(path) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        (staging / "tokenizer.model").write_bytes(sentencepiece_model)  # shipped beside tokenizer.json, as by the 7B
     return path

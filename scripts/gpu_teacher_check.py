@@ -2,7 +2,7 @@
 
 For every entry of `teacher.models` in the workspace's params.yaml this runs the real stage
 (`python -m cater.stages.teacher`) in fp32 on the CPU (or reuses such outputs already in the workspace), in fp16 on CUDA, and, for Video-LLaVA,
-in 4-bit on CUDA when bitsandbytes imports. It prints and writes (`--out`) the wall time, the
+IDEFICS and Chat-UniVi, in 4-bit on CUDA when bitsandbytes imports. It prints and writes (`--out`) the wall time, the
 share of samples whose chosen option agrees with CPU fp32, and the largest letter-logit gap.
 
     python scripts/gpu_teacher_check.py --workspace . --out gpu_check.json
@@ -26,7 +26,8 @@ def variants(models: dict, cuda: bool, bnb: bool):
         yield f"{name}-cpu-fp32", name, {**cfg, "device": "cpu", "dtype": "fp32"}
         if cuda:
             yield f"{name}-cuda-fp16", name, {**cfg, "device": "cuda", "dtype": "fp16"}
-            if bnb and cfg.get("family") == "videollava":
+            if bnb and (cfg.get("family") in ("videollava", "chatunivi")
+                        or (cfg.get("family") == "flamingo" and cfg.get("backend", "idefics") == "idefics")):
                 yield f"{name}-cuda-4bit", name, {**cfg, "device": "cuda", "dtype": "fp16", "quantization": "4bit"}
 
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "verify": "cater.commands.verify",
     "checkpoint": "cater.commands.checkpoint",
     "plots": "cater.commands.plots",
+    "teacher-memory": "cater.commands.teacher_memory",
 }
 
 

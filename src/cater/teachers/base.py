@@ -139,6 +139,38 @@ def resolve_dtype(name: str):
     return getattr(torch, DTYPES[name])
 
 
+def quantization_config(kind: str | None, device, compute_dtype):
+    """A BitsAndBytesConfig for 4bit/8bit; only on CUDA with bitsandbytes importable."""
+    if kind is None:
+        return None
+    if kind not in ("4bit", "8bit"):
+        raise TeacherError(f"quantization {kind!r} is not supported (use 4bit, 8bit or leave it unset)")
+    if device.type != "cuda":
+        raise TeacherError(f"quantization {kind!r} needs a CUDA device (bitsandbytes); the device here is {device.type}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TeacherError(f"quantization {kind!r} needs the bitsandbytes package, which is not installed") from None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type="nf4")
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def placement_kwargs(config: TeacherConfig, device, dtype) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for `device_map` (accelerate places or shards the model, e.g. `auto`
+    over every visible GPU) and `quantization` (bitsandbytes; the quantized model goes on `device` unless a
+    device_map is given). Empty when neither is set: the caller moves the model to `device` itself."""
+    quant = quantization_config(config.quantization, device, dtype)
+    kwargs: dict[str, Any] = {}
+    if config.device_map or quant is not None:
+        kwargs["device_map"] = config.device_map or {"": device.index or 0}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    return kwargs
+
+
 def letter_token_ids(tokenizer, prompt: str, model_name: str, add_special_tokens: bool = False) -> tuple[int, ...]:
     """Each option letter's token id in context: `prompt` + ' X' must add exactly one token to `prompt`."""
     base = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]

@@ -37,6 +37,7 @@ from torch import nn
 from cater.io import atomic_directory
 from cater.teachers.base import (
     LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, options_block,
+    placement_kwargs,
 )
 
 IMAGE_TOKEN_INDEX = -200  # placeholder id of one frame in input_ids (the reference's constant)
@@ -384,7 +385,10 @@ class ChatUniViModel(nn.Module):
         return self.llm.get_input_embeddings().weight.dtype
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", device_map: str | None = None, attn_implementation: str | None = None) -> "ChatUniViModel":
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", device_map: str | dict | None = None, attn_implementation: str | None = None, quantization_config=None) -> "ChatUniViModel":
+        """The LLaMA part through transformers' from_pretrained (so `device_map` and a bitsandbytes
+        `quantization_config` apply to it, the bulk of the weights); the vision tower and the projector in
+        `dtype` on the LLaMA's first device."""
         from transformers import CLIPVisionModel
 
         path = Path(path)
@@ -395,6 +399,8 @@ class ChatUniViModel(nn.Module):
             load_kwargs["device_map"] = device_map
         if attn_implementation is not None:
             load_kwargs["attn_implementation"] = attn_implementation
+        if quantization_config is not None:
+            load_kwargs["quantization_config"] = quantization_config
         llm, info = _llama_class().from_pretrained(str(path), **load_kwargs)
         if info.get("missing_keys"):
             raise TeacherError(f"Chat-UniVi checkpoint {path}: LLaMA weights missing: {sorted(info['missing_keys'])[:8]}")
@@ -631,8 +637,6 @@ class ChatUniViTeacher(Teacher):
             raise TeacherError(f"chatunivi teacher: unknown extra options {sorted(unknown)} (known: {sorted(TEACHER_EXTRA_KEYS)})")
         if config.dtype not in DTYPES:
             raise TeacherError(f"chatunivi teacher: dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-        if config.quantization is not None:
-            raise TeacherError("chatunivi teacher: quantization is not supported")
         self.template = CONV_TEMPLATES.get(config.extra.get("conv_mode", "v1"))
         if self.template is None:
             raise TeacherError(f"chatunivi teacher: conv_mode must be one of {sorted(CONV_TEMPLATES)}")
@@ -640,11 +644,14 @@ class ChatUniViTeacher(Teacher):
         path = Path(config.model)
         checkpoint_config = read_checkpoint_config(path)  # family check before the slow loading
         self.tokenizer = load_tokenizer(path, checkpoint_config)
+        device = torch.device(resolve_device(config.device))
+        placement = placement_kwargs(config, device, DTYPES[config.dtype])  # device_map, quantization (bitsandbytes)
         self.model = ChatUniViModel.from_pretrained(
             path,
             dtype=DTYPES[config.dtype],
-            device=resolve_device(config.device) if config.device_map is None else "cpu",
-            device_map=config.device_map,
+            device=device if "device_map" not in placement else "cpu",
+            device_map=placement.get("device_map"),
+            quantization_config=placement.get("quantization_config"),
             attn_implementation=config.extra.get("attn_implementation"),
         )
         self.image_processor = load_image_processor(path, self.model.checkpoint_config)

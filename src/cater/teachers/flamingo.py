@@ -43,7 +43,8 @@ import numpy as np
 from cater.data.frames import uniform_indices
 from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, letter_token_ids, options_block, resolve_device, resolve_dtype,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, letter_token_ids, options_block, placement_kwargs, resolve_device,
+    resolve_dtype,
 )
 
 BACKENDS = ("idefics", "openflamingo")
@@ -98,15 +99,13 @@ class IdeficsBackend:
         if model_type != IDEFICS_MODEL_TYPE:
             raise TeacherError(f"{config.model}: model_type is {model_type!r}, but the flamingo teacher's idefics "
                                f"backend needs {IDEFICS_MODEL_TYPE!r}")
-        load_kwargs: dict[str, Any] = {"dtype": dtype}
-        if config.device_map:
-            load_kwargs["device_map"] = config.device_map
+        load_kwargs: dict[str, Any] = {"dtype": dtype, **placement_kwargs(config, device, dtype)}
         try:
             self.model = IdeficsForVisionText2Text.from_pretrained(config.model, **load_kwargs)
             self.processor = IdeficsProcessor.from_pretrained(config.model)
         except OSError as exc:
             raise TeacherError(f"{config.model}: cannot load the IDEFICS checkpoint ({exc})") from None
-        if not config.device_map:
+        if "device_map" not in load_kwargs:
             self.model.to(device)
         self.model.eval()
         self.input_device = self.model.device
@@ -166,9 +165,10 @@ class OpenFlamingoBackend:
     media_tokens = (OPENFLAMINGO_MEDIA, "<|endofchunk|>")
 
     def __init__(self, config: TeacherConfig, device, dtype):
-        if config.device_map:
-            raise TeacherError("the flamingo teacher's openflamingo backend does not support device_map; "
-                               "use device instead")
+        if config.device_map or config.quantization:
+            raise TeacherError("the flamingo teacher's openflamingo backend supports neither device_map nor quantization "
+                               "(open_flamingo builds and loads the language model itself); use device and dtype fp16/bf16, "
+                               "or the idefics backend")
         try:
             from open_flamingo import create_model_and_transforms
         except ImportError as exc:
@@ -412,9 +412,6 @@ class FlamingoTeacher(Teacher):
         if self.backend_name not in BACKENDS:
             raise TeacherError(f"teacher {config.model}: unknown flamingo backend {self.backend_name!r} "
                                f"(use one of {', '.join(BACKENDS)})")
-        if config.quantization is not None:
-            raise TeacherError(f"teacher {config.model}: the flamingo teacher does not support quantization "
-                               f"({config.quantization!r}); use dtype fp16/bf16")
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype)
         backend_class = IdeficsBackend if self.backend_name == "idefics" else OpenFlamingoBackend

@@ -22,7 +22,7 @@ import torch
 from cater.data.frames import uniform_indices
 from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, letter_token_ids, options_block, resolve_device, resolve_dtype,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, letter_token_ids, options_block, placement_kwargs, resolve_device, resolve_dtype,
 )
 
 MODEL_TYPE = "video_llava"
@@ -56,25 +56,6 @@ def read_checkpoint_config(model: str, revision: str | None = None) -> dict[str,
     return config
 
 
-def quantization_config(kind: str | None, device, compute_dtype):
-    """A BitsAndBytesConfig for 4bit/8bit; only on CUDA with bitsandbytes importable."""
-    if kind is None:
-        return None
-    if kind not in ("4bit", "8bit"):
-        raise TeacherError(f"quantization {kind!r} is not supported (use 4bit, 8bit or leave it unset)")
-    if device.type != "cuda":
-        raise TeacherError(f"quantization {kind!r} needs a CUDA device (bitsandbytes); the device here is {device.type}")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise TeacherError(f"quantization {kind!r} needs the bitsandbytes package, which is not installed") from None
-    from transformers import BitsAndBytesConfig
-
-    if kind == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_type="nf4")
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
 # ----------------------------------------------------------------------------------------------- teacher
 
 
@@ -97,14 +78,10 @@ class VideoLlavaTeacher(Teacher):
 
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype)
-        quant = quantization_config(config.quantization, self.device, self.dtype)
-        load_kwargs: dict[str, Any] = {"dtype": self.dtype, "revision": revision}
+        load_kwargs: dict[str, Any] = {"dtype": self.dtype, "revision": revision,
+                                       **placement_kwargs(config, self.device, self.dtype)}
         if config.extra.get("attn_implementation"):
             load_kwargs["attn_implementation"] = config.extra["attn_implementation"]
-        if config.device_map or quant is not None:
-            load_kwargs["device_map"] = config.device_map or {"": self.device.index or 0}
-        if quant is not None:
-            load_kwargs["quantization_config"] = quant
         try:
             self.model = VideoLlavaForConditionalGeneration.from_pretrained(config.model, **load_kwargs)
             self.processor = VideoLlavaProcessor.from_pretrained(config.model, revision=revision)

@@ -9,11 +9,12 @@ import contextlib
 import io
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from cater.ablations import (AXES, available_groups, AblationError, Experiment, build_grid, count_stage_runs, exp_show_json,
+from cater.experiments import (AXES, available_groups, AblationError, Experiment, build_grid, count_stage_runs, exp_show_json,
                              parse_group_specs, parse_queue_status, plan_waves, read_settings, read_show_json,
                              run_ablations, upstream_axes, wait_for_queue, Runner)
 from helpers.dvc_workspace import REPO, make_workspace, run
@@ -249,7 +250,7 @@ def test_command_reuses_finished_runs_and_writes_the_report(ablated, monkeypatch
 
 
 def test_dirty_tree_stops_before_queueing(tmp_path):
-    from cater.ablations import prepare_baseline
+    from cater.experiments import prepare_baseline
 
     root = make_workspace(tmp_path)
     (root / "src/cater/train.py").write_text((root / "src/cater/train.py").read_text() + "\n# local edit\n")
@@ -292,7 +293,7 @@ def test_workers_that_stop_early_are_restarted():
 
 
 @pytest.mark.slow
-def test_compare_shows_axes_and_accuracy_only(ablated, monkeypatch, capfd):
+def test_compare_shows_axes_and_accuracy_with_its_ci_only(ablated, monkeypatch, capfd):
     from cater.commands.compare import main
 
     root, grid, _, _ = ablated
@@ -301,7 +302,15 @@ def test_compare_shows_axes_and_accuracy_only(ablated, monkeypatch, capfd):
     table = capfd.readouterr().out.splitlines()
     header = next(line for line in table if line.startswith("| Experiment"))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns == ["Experiment", "test.accuracy", "train.prompt_variant", "train.distill.mode"]
+    assert columns == ["Experiment", "test.accuracy", "test.ci95_high", "test.ci95_low", "train.prompt_variant",
+                       "train.distill.mode"]
     names = {e.name for e in grid.experiments}
     assert sum(any(f"[{n}]" in line for n in names) for line in table) == len(names)
     assert not any("bad-variant" in line for line in table)  # failed runs are hidden
+
+
+def test_the_docs_quote_the_curated_command_as_cater_compare_runs_it():
+    from cater.experiments import compare_command
+
+    for doc in ("docs/ablations.md", "README.zh-CN.md"):
+        assert compare_command() in (Path(__file__).resolve().parents[1] / doc).read_text(encoding="utf-8"), doc

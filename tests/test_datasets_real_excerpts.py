@@ -15,7 +15,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cater.data.activitynet_qa import TYPE_NAMES  # noqa: E402
-from cater.data.adapters import ADAPTERS, AdapterError, adapter_stats  # noqa: E402
+from cater.data.adapters import AdapterError
+from cater.data.registry import ADAPTERS, adapter_stats  # noqa: E402
 from cater.data.msrvtt_qa import read_split  # noqa: E402
 from cater.data.schema import read_samples, write_samples  # noqa: E402
 

@@ -12,7 +12,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cater.data.adapters import ADAPTERS, AdapterError, adapter_stats  # noqa: E402
+from cater.data.adapters import AdapterError
+from cater.data.registry import ADAPTERS, adapter_stats  # noqa: E402
 from cater.data.multiple_choice import AnswerPools, make_choices  # noqa: E402
 from cater.data.schema import read_samples, write_samples  # noqa: E402
 from cater.data.tvqa import read_srt  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cater.data.adapters import ADAPTERS  # noqa: E402
+from cater.data.registry import ADAPTERS  # noqa: E402
 from cater.data.frames import decode_video  # noqa: E402
 from cater.data.preflight import CHECKS, PreflightError, preflight  # noqa: E402
 from cater.data.schema import Sample  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cater.ablations import AblationError, build_grid, read_show_json, summarize
+from cater.experiments import AblationError, build_grid, read_show_json, summarize
 from cater.commands.report import main, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 def test_label_groups_are_contrasted_row_by_row():
     """labels (hybrid) vs labels_none at each fraction: the contrast the label-scarce axis exists for."""
-    from cater.ablations import Row, Table, available_groups, render_pairs
+    from cater.experiments import Row, Table, available_groups, render_pairs
 
     groups = available_groups(PARAMS_FOR_PAIRS)
     def row(value, accs, cis):

@@ -79,7 +79,7 @@ def test_adapter_reads_the_seed_rows(tmp_path):
 
 
 def test_rows_with_per_question_prompts_become_their_own_videos(tmp_path):
-    from cater.data.adapters import adapter_stats
+    from cater.data.registry import adapter_stats
 
     samples = load(cfg_for(write_seed_release(tmp_path, per_question_prompts=True)))
     assert len({s.video_id for s in samples}) == 40
@@ -287,7 +287,7 @@ def write_seed_toy_release(root: Path, sizes: dict[str, int], dim: int = EMBED_D
 
 
 def test_toy_rows_get_this_projects_rendered_frames(tmp_path, monkeypatch):
-    from cater.data.adapters import adapter_stats
+    from cater.data.registry import adapter_stats
     from cater.data.seed_jsonl import TOY_FRAMES, render_toy_video
 
     folder = write_seed_toy_release(tmp_path, {"train": 6, "val": 2, "test": 2})

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cater.params_schema import REQUIRED_SECTIONS, ConfigError, validate
 
-
-class ConfigError(ValueError):
-    """params.yaml is invalid; the message names the file and the key."""
+__all__ = ["ConfigError", "load_params"]
 
 
 def load_params(path: str | Path = "params.yaml", required: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -26,7 +25,5 @@ def load_params(path: str | Path = "params.yaml", required: tuple[str, ...] | No
             raise ConfigError(f"{path}: invalid YAML ({exc})") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    from cater.params_schema import REQUIRED_SECTIONS, validate
-
     validate(params, str(path), REQUIRED_SECTIONS if required is None else required)
     return params

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from cater.config import ConfigError
 from cater.io import safe_name
 from cater.choices import (BACKBONE_LIBRARIES, CHOICE_TEXTS, DISTILL_MODES, FRAME_CODECS, FRAME_POOLS, FUSIONS, LR_SCHEDULES,
                            MIXED_PRECISION, PROMPT_VARIANTS, SPLIT_SUBSETS, TEMPORAL_HEADS)
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message names the file and the key (re-exported by cater.config)."""
+
 
 NUM = (int, float)
 OPT_INT = (int, type(None))

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cater.ablations import (EXPERIMENT_STAGES, AblationError, build_grid, compare_command, format_stage_counts,
+from cater.experiments import (EXPERIMENT_STAGES, AblationError, build_grid, compare_command, format_stage_counts,
                              log_tail, parse_group_specs, plan_waves, read_settings, upstream_axes)
 from cater.config import load_params
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         if args.dry_run:
             print_plan(grid, plan_waves(grid.experiments, upstream))
             return 0
-        from cater.ablations import run_ablations
+        from cater.experiments import run_ablations
 
         result = run_ablations(Path.cwd(), grid, jobs)
     except (AblationError, ValueError, FileNotFoundError) as exc:

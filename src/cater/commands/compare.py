@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cater.ablations import COMPARE_ARGS, compare_command, tool_env
+from cater.experiments import COMPARE_ARGS, compare_command, tool_env
 
 
 def main(argv=None) -> int:

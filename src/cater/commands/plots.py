@@ -26,7 +26,7 @@ class PlotsError(RuntimeError):
 
 def plot_specs(revisions: list[str], root: Path = Path(".")) -> dict[str, dict]:
     """{plot name: Vega-Lite spec with its data} as DVC fills them in, for the workspace or `revisions`."""
-    from cater.ablations import tool_env
+    from cater.experiments import tool_env
 
     command = ["dvc", "plots", "diff", *revisions, "--json"] if revisions else ["dvc", "plots", "show", "--json"]
     result = subprocess.run(command, cwd=root, env=tool_env(), capture_output=True, text=True)

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from cater.ablations import (AblationError, Runner, build_grid, build_report, compare_command, exp_show_json, fill_eval_from_git,
+from cater.experiments import (AblationError, Runner, build_grid, build_report, compare_command, exp_show_json, fill_eval_from_git,
                              parse_group_specs, read_settings, read_show_json)
 
 DEFAULT_OUT = Path("reports/ablations.md")

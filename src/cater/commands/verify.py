@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from cater.ablations import EVAL_METRICS, AblationError, Runner
+from cater.experiments import EVAL_METRICS, AblationError, Runner
 from cater.metrics import ci_of
 
 DATA_STAGES = ("dataset", "frames", "splits", "prompts")

@@ -1,7 +1,8 @@
-"""Registry of the official dataset adapters, plus the small helpers they share.
+"""The small helpers the official dataset adapters share (configuration, annotation files, finding videos).
 
 Every adapter is `load(cfg: dict) -> list[Sample]`, where `cfg` is the `dataset` section of
-params.yaml. `ADAPTERS[cfg["name"]](cfg)` picks the adapter; each module's docstring lists its keys.
+params.yaml; `cater.data.registry.ADAPTERS[cfg["name"]](cfg)` picks it; each module's docstring lists its keys.
+This module imports no adapter, so the adapters import it without a cycle.
 
 Keys common to all adapters:
     name          msrvtt_qa | msvd_qa | activitynet_qa | tvqa | seed_jsonl (the seed repository's own files)
@@ -16,7 +17,7 @@ Keys common to all adapters:
 
 A key that belongs to another adapter (for example `use_ts` with msrvtt_qa) is ignored with a log
 line, so one params.yaml section can switch datasets by `name`; a key no adapter knows is an error.
-After `load`, `adapter_stats(name)` returns that adapter's counts (e.g. TVQA's NaN windows).
+After `load`, `cater.data.registry.adapter_stats(name)` returns that adapter's counts (e.g. TVQA's NaN windows).
 """
 from __future__ import annotations
 
@@ -271,66 +272,9 @@ def check_video_dirs(index: MediaIndex, key: str, name: str, check: bool) -> Non
         raise AdapterError(f"dataset config for {name}: {key} folder {missing[0]} does not exist")
 
 
-# --- registry -----------------------------------------------------------------------------
-
-
-def _load_msrvtt_qa(cfg: dict) -> list[Sample]:
-    from cater.data import msrvtt_qa
-
-    return msrvtt_qa.load(cfg)
-
-
-def _load_msvd_qa(cfg: dict) -> list[Sample]:
-    from cater.data import msrvtt_qa
-
-    return msrvtt_qa.load_msvd(cfg)
-
-
-def _load_activitynet_qa(cfg: dict) -> list[Sample]:
-    from cater.data import activitynet_qa
-
-    return activitynet_qa.load(cfg)
-
-
-def _load_tvqa(cfg: dict) -> list[Sample]:
-    from cater.data import tvqa
-
-    return tvqa.load(cfg)
-
-
-def _load_seed_jsonl(cfg: dict) -> list[Sample]:
-    from cater.data import seed_jsonl
-
-    return seed_jsonl.load(cfg)
-
-
-# Imported lazily so the dataset modules can import the helpers above without a cycle.
-ADAPTERS: dict[str, Callable[[dict], list[Sample]]] = {
-    "msrvtt_qa": _load_msrvtt_qa,
-    "msvd_qa": _load_msvd_qa,
-    "activitynet_qa": _load_activitynet_qa,
-    "tvqa": _load_tvqa,
-    "seed_jsonl": _load_seed_jsonl,
-}
-
-
-def adapter_stats(name: str) -> dict:
-    """Counts from the latest `load` of adapter `name` (a copy)."""
-    from cater.data import activitynet_qa, msrvtt_qa, seed_jsonl, tvqa
-
-    modules = {"msrvtt_qa": msrvtt_qa, "msvd_qa": msrvtt_qa, "activitynet_qa": activitynet_qa, "tvqa": tvqa,
-               "seed_jsonl": seed_jsonl}
-    if name not in modules:
-        raise KeyError(f"unknown dataset adapter {name!r}; known: {sorted(modules)}")
-    stats = modules[name].last_stats
-    return dict(stats) if stats.get("dataset") == name else {}
-
-
 __all__ = [
-    "ADAPTERS",
     "AdapterError",
     "MediaIndex",
-    "adapter_stats",
     "locate_video",
     "question_word",
     "read_json",

@@ -61,14 +61,14 @@ def run(params, args) -> None:
         for sample in samples:
             sample.video = str(VIDEOS / Path(sample.video).name)
     else:
-        from cater.data.adapters import ADAPTERS
+        from cater.data.registry import ADAPTERS
 
         if name not in ADAPTERS:
             raise ValueError(f"params.yaml: dataset.name {name!r} is unknown; choose shapes or one of {sorted(ADAPTERS)}")
         cfg.pop("shapes", None)  # the demo generator's block may stay in params.yaml
         check_declared_paths(cfg, name)
         samples = ADAPTERS[name]({**cfg, "name": name})
-        from cater.data.adapters import adapter_stats
+        from cater.data.registry import adapter_stats
 
         stats = adapter_stats(name)
         if stats.get("toy_render"):  # seed toy rows: their frames are drawn here, into data/videos

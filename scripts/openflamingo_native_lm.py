@@ -73,7 +73,7 @@ def make_native_copy(source: Path, target: Path) -> dict:
         raise NativeCopyError(f"{target} exists; choose a new folder")
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.py", "__pycache__", ".git*"), symlinks=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("*.py", "__pycache__", ".git*"), symlinks=False)  # real files: never write through a link into the source
     native = {k: v for k, v in config.items() if k not in REMOTE_ONLY_KEYS}
     (staging / "config.json").write_text(json.dumps(native, indent=2) + "\n", encoding="utf-8")
     tokenizer_config = staging / "tokenizer_config.json"
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = make_native_copy(args.source, args.target)
-    except NativeCopyError as exc:
+    except (NativeCopyError, OSError, RuntimeError) as exc:
         print(f"openflamingo_native_lm: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {args.target}: {report['parameters']} parameter tensors match the native MptForCausalLM; "

@@ -119,3 +119,32 @@ def test_feature_cache_key_follows_the_architecture_and_the_weights(tmp_path):
     first = cache_key(BackboneSpec("cater-tiny", str(weights), 0), config, 64, 8)
     weights.write_bytes(b"two")
     assert cache_key(BackboneSpec("cater-tiny", str(weights), 0), config, 64, 8) != first
+
+
+@pytest.mark.parametrize("pool_type", ["eos", "last", "first"])
+def test_text_features_follow_the_models_text_pool_type(tmp_path, pool_type):
+    """open_clip configs may pool the text at the eos id, the last or the first position, and may project with a
+    Linear layer: `pooled` must still be exactly `encode_text`, and `lengths` still end at end-of-text."""
+    import json
+
+    import open_clip
+
+    from cater.models.backbone import CONFIG_DIR
+
+    config = json.loads((CONFIG_DIR / "cater-tiny.json").read_text())
+    config["text_cfg"].update(pool_type=pool_type, eos_id=49407, proj_type="linear", proj_bias=True)
+    name = f"cater-tiny-pool-{pool_type}"
+    (tmp_path / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path)
+    model = FrozenBackbone(BackboneSpec(name=name))
+    assert model.model.text_pool_type == pool_type
+    assert isinstance(model.model.text_projection, torch.nn.Linear) and model.embed_dim == 64
+    pooled, tokens, lengths = model.text_features(TEXTS)
+    ids = model.tokenizer(TEXTS)
+    torch.testing.assert_close(pooled, model.model.encode_text(ids), atol=1e-5, rtol=0)
+    assert lengths.tolist() == [int((row != 0).sum()) for row in ids]
+    position = {"eos": lengths - 1, "last": torch.full_like(lengths, ids.shape[1] - 1), "first": torch.zeros_like(lengths)}
+    for i, p in enumerate(position[pool_type].tolist()):
+        torch.testing.assert_close(tokens[i, p], pooled[i])
+    if pool_type != "eos":  # the pooled vector is not the end-of-text token's: the old argmax rule would differ
+        assert not torch.allclose(tokens[0, lengths[0] - 1], pooled[0])

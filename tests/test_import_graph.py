@@ -21,7 +21,11 @@ def modules(src: Path, root: str = "cater") -> dict[str, Path]:
 
 
 def imports(path: Path, name: str, known: dict[str, Path]) -> set[str]:
-    """The package modules `path` imports, wherever in the file the statement is."""
+    """The package modules `path` imports, wherever in the file the statement is.
+
+    `from pkg import name` is an edge to the submodule `pkg.name` when there is one, else to `pkg` itself: a module
+    that takes a name from its own parent package's `__init__` depends on it (a real cycle when that `__init__`
+    imports the module back), while `from pkg import submodule` needs only the submodule."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -32,9 +36,9 @@ def imports(path: Path, name: str, known: dict[str, Path]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([node.module] if node.module else []))
-            targets.add(base)
-            targets.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return {t for t in targets if t in known and t != name and not name.startswith(t + ".")}
+            for alias in node.names:
+                targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {t for t in targets if t in known and t != name}
 
 
 def cycles(src: Path = SRC, root: str = "cater") -> list[list[str]]:
@@ -95,6 +99,18 @@ def test_a_cycle_through_a_lazy_import_is_found(tmp_path):
     (package / "c.py").write_text("import pkg.a\n")
     (package / "d.py").write_text("from pkg import a\n")  # imports into the cycle, not part of it
     assert cycles(tmp_path, "pkg") == [["pkg.a", "pkg.c", "pkg.sub.b"]]
+
+
+def test_a_name_taken_from_the_own_parent_package_is_an_edge(tmp_path):
+    """pkg/__init__ imports pkg.e, and pkg.e takes a name defined in pkg/__init__: an ImportError waiting to happen.
+    Taking a submodule from the parent (`from pkg import f`) is not such an edge."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pkg.e import thing\nfrom pkg.g import other\nVERSION = 1\n")
+    (package / "e.py").write_text("from pkg import VERSION\nthing = VERSION\n")
+    (package / "f.py").write_text("x = 1\n")
+    (package / "g.py").write_text("from pkg import f\nother = f.x\n")
+    assert cycles(tmp_path, "pkg") == [["pkg", "pkg.e"]]
 
 
 if __name__ == "__main__":

@@ -64,10 +64,12 @@ def test_the_features_stage_embeds_qa_plus_subtitles_and_cuts_only_the_subtitles
     features = CachedFeatures(root / "data/features")
     stored = features.pooled(torch.tensor(v1["qa_subtitles"])).float()
     long_text = strings[v1["qa_subtitles"][0]]
-    words = long_text.split()
-    prefix = next(" ".join(words[:k]) for k in range(len(words), 0, -1)
-                  if backbone.token_lengths([" ".join(words[:k])])[0] <= backbone.context_length)
-    assert backbone.token_lengths([prefix])[0] >= backbone.context_length - 3  # the prefix nearly fills the context
+    ids = backbone.tokenizer([long_text])[0]
+    assert int(ids[-1]) == int(ids.max())  # cut at the context: end-of-text moved to the last position
+    qa_ids = backbone.tokenizer([strings[v1["qa"][0]]])[0]
+    kept = int((qa_ids != 0).sum()) - 1  # the qa string's tokens, end-of-text excluded
+    assert ids[:kept].tolist() == qa_ids[:kept].tolist()  # the question and the choice are kept whole
+    assert int(ids.argmax()) == backbone.context_length - 1 > kept
     assert torch.allclose(stored[0], backbone.text_features([long_text])[0][0].half().float(), atol=1e-3)
     assert not torch.allclose(stored[0], features.pooled(torch.tensor(v1["qa"])).float()[0], atol=1e-2)
 
@@ -90,3 +92,20 @@ def test_train_reads_the_subtitled_choice_texts_and_refuses_them_without_subtitl
     with pytest.raises(ValueError, match=r"train.choice_text: qa_subtitles: the features store has no such texts.*TVQA"):
         SplitTensors(train, CachedFeatures(root / "data/features"), TrainConfig(choice_text="qa_subtitles",
                                                                                prompt_variant="none"), None, None)
+
+
+def test_a_dataset_whose_subtitle_windows_are_all_empty_still_gets_qa_subtitles(tmp_path, monkeypatch):
+    """TVQA with dataset.subtitles set, every question window without a line: `qa_subtitles` exists (equal to qa),
+    so the subtitles ablation group, enabled by dataset.subtitles, never fails in train."""
+    from cater.stages.features import collect_strings
+
+    monkeypatch.chdir(tmp_path)
+    write_features_inputs(tmp_path, size=32)
+    samples = read_samples(tmp_path / "data/splits/train.jsonl")
+    for s in samples:
+        s.subtitles = ""
+    per_sample = collect_strings(samples, {}, 4)[2]
+    assert all(ids["qa_subtitles"] == ids["qa"] for ids in per_sample.values())
+    for s in samples:
+        s.subtitles = None  # a dataset without subtitles: no such texts
+    assert all("qa_subtitles" not in ids for ids in collect_strings(samples, {}, 4)[2].values())

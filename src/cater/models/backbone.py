@@ -96,7 +96,8 @@ class FrozenBackbone(torch.nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[-1])
+        projection = self.model.text_projection
+        return int(projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[-1])
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> normalized float [B, 3, S, S]: short side resized to S, centre crop."""
@@ -129,16 +130,44 @@ class FrozenBackbone(torch.nn.Module):
             return [len(ids) for ids in hf(list(texts))["input_ids"]]
         raise TypeError(f"cannot count tokens with {type(self.tokenizer).__name__}")
 
+    def end_of_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each row's end-of-text position: the tokenizer's eos id where the model names one, else CLIP's rule
+        (end-of-text has the largest id)."""
+        eos = getattr(self.model, "text_eos_id", None)
+        if eos is not None and getattr(self.model, "text_pool_type", "argmax") == "eos":
+            return (ids == eos).int().argmax(dim=-1)
+        return ids.argmax(dim=-1)
+
+    def pool_index(self, ids: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """The position `encode_text` pools, by the model's `text_pool_type` (open_clip's text_global_pool)."""
+        pool = getattr(self.model, "text_pool_type", "argmax")
+        if pool in ("argmax", "eos"):
+            return eot
+        if pool == "first":
+            return torch.zeros_like(eot)
+        if pool == "last":
+            return torch.full_like(eot, ids.shape[1] - 1)
+        raise ValueError(f"open_clip text_pool_type {pool!r} is not supported (argmax, eos, first, last)")
+
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pooled [S, D], tokens [S, L, D], lengths [S]); pooled equals model.encode_text."""
+        """(pooled [S, D], tokens [S, L, D], lengths [S]); pooled equals model.encode_text.
+
+        lengths count the tokens up to and including end-of-text; with `text_pool_type` argmax or eos (CLIP's)
+        the pooled vector is the token at that position."""
         model = self.model
+        if not hasattr(model, "token_embedding"):
+            raise ValueError(f"open_clip model {self.spec.name!r} has a custom text tower; only CLIP-style text "
+                             "encoders (token_embedding + transformer) expose token features here")
         ids = self.tokenizer(texts).to(self.device)
-        x = model.token_embedding(ids) + model.positional_embedding
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(ids).to(cast_dtype) + model.positional_embedding.to(cast_dtype)
         x = model.transformer(x, attn_mask=model.attn_mask)
-        x = model.ln_final(x) @ model.text_projection
-        eot = ids.argmax(dim=-1)  # CLIP's end-of-text token has the largest id
-        pooled = x[torch.arange(len(texts), device=x.device), eot]
+        x = model.ln_final(x)
+        projection = model.text_projection
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        eot = self.end_of_text(ids)
+        pooled = x[torch.arange(len(texts), device=x.device), self.pool_index(ids, eot)]
         return pooled, x, eot + 1
 
 

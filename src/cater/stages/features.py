@@ -38,8 +38,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
     """Deduplicated texts: the sample strings (pooled vectors) and the prompt strings (token vectors), the
-    per-sample ids into the first list and the per-generator, per-video prompt ids into the second. Where any
-    sample has subtitles, every sample also gets `qa_subtitles` (its qa strings followed by its subtitles)."""
+    per-sample ids into the first list and the per-generator, per-video prompt ids into the second. Where the
+    dataset carries subtitles (any sample's `subtitles` is set, even to an empty window), every sample also gets
+    `qa_subtitles` (its qa strings followed by its subtitles; the qa strings themselves where it has none), so
+    `train.choice_text: qa_subtitles` works whenever `dataset.subtitles` is set."""
     pooled: dict[str, int] = {}
     prompt: dict[str, int] = {}
 
@@ -49,7 +51,7 @@ def collect_strings(samples, prompt_files: dict[str, Path], num_frames: int):
     def pid(text: str) -> int:
         return prompt.setdefault(text, len(prompt))
 
-    with_subtitles = any(s.subtitles and s.subtitles.strip() for s in samples)
+    with_subtitles = any(s.subtitles is not None for s in samples)
     per_sample = {}
     for s in samples:
         per_sample[s.id] = {

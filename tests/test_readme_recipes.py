@@ -50,8 +50,18 @@ def test_the_readme_has_a_recipe_per_dataset_and_each_is_tested():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return make_workspace(tmp_path_factory.mktemp("recipes"), {"frames.num_frames": 4})
+def shared_workspace(tmp_path_factory) -> tuple[Path, str]:
+    root = make_workspace(tmp_path_factory.mktemp("recipes"), {"frames.num_frames": 4})
+    return root, (root / "params.yaml").read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def workspace(shared_workspace) -> Path:
+    """One DVC workspace for every recipe (its setup is the slow part), with params.yaml back to the workspace's
+    own before each: a key one recipe sets (say `splits.val_from_train`) never leaks into the next."""
+    root, pristine = shared_workspace
+    (root / "params.yaml").write_text(pristine, encoding="utf-8")
+    return root
 
 
 def apply_recipe(root: Path, recipe: dict) -> None:
@@ -80,13 +90,20 @@ def official_counts(release: Path, name: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("recipe_name", sorted(LAYOUTS))
-def test_a_readme_recipe_runs_as_written(workspace, tmp_path, recipe_name):
+def test_a_readme_recipe_runs_as_written(workspace, shared_workspace, tmp_path, recipe_name):
     recipe = readme_recipes()[recipe_name]
     name = recipe["dataset"]["name"]
     release = tmp_path / name
     LAYOUTS[recipe_name](release)
     link_release(workspace, name, release)
     apply_recipe(workspace, recipe)
+    params = yaml.safe_load((workspace / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in recipe.items():  # exactly the recipe's keys changed, nothing left from another recipe
+        if section == "dataset":
+            assert params["dataset"] == values
+        else:
+            pristine = yaml.safe_load(shared_workspace[1])[section]
+            assert params[section] == {**pristine, **values}
     result = run(["dvc", "repro", "splits"], workspace)
     assert "Running stage 'splits'" in result.stdout
 

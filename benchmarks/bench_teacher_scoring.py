@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from cater.teachers.base import TeacherConfig, TeacherInput  # noqa: E402
-from cater.teachers.videollava import VideoLlavaTeacher, write_tiny_videollava  # noqa: E402
+from cater.teachers.videollava import VideoLlavaTeacher
+from cater.testing.tiny.videollava import write_tiny_videollava  # noqa: E402
 
 
 def make_inputs(n: int, choices: int, frames: int, seed: int = 0) -> list[TeacherInput]:

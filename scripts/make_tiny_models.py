@@ -6,7 +6,7 @@
 
 Without --finetune-split every checkpoint is randomly initialised (deterministic in --seed). With it, the
 demo's teachers (videollava, flamingo with the idefics backend, chatunivi) are then fine-tuned on that
-split's samples (train samples only; `cater.teachers.finetune`: cross-entropy of the option letters at
+split's samples (train samples only; `cater.testing.tiny.finetune`: cross-entropy of the option letters at
 the answer position, the labels reach the loss only), deterministically on the CPU, and saved in their
 real format; each folder appears complete or not at all. The random checkpoint exists only in a
 temporary folder. OpenFlamingo is not used by the demo and stays random. At the end a table gives each
@@ -27,12 +27,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cater.teachers.registry import TINY_MODELS, write_tiny  # noqa: E402
+from cater.testing.tiny import TINY_MODELS, write_tiny  # noqa: E402
 
 # The demo's teachers and their fine-tuning recipe (CLI options override a field for all of them). Epochs
 # are sized so writing + fine-tuning + val scoring take ~2 minutes of CPU on 600 train questions with 1
 # thread (one epoch: videollava ~4 s, idefics ~7.5 s, chatunivi ~15 s; the time grows with the split).
-# Measured on the demo: this does NOT make the tiny teachers competent (see cater.teachers.finetune).
+# Measured on the demo: this does NOT make the tiny teachers competent (see cater.testing.tiny.finetune).
 FINETUNE = {
     ("videollava", None): dict(epochs=7, lr=3e-3, batch_size=16),
     ("flamingo", "idefics"): dict(epochs=4, lr=3e-3, batch_size=16),
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None):
 
 def load_split(path: Path, frames, train_only: bool):
     from cater.data.schema import read_samples
-    from cater.teachers.finetune import labelled_inputs
+    from cater.testing.tiny.finetune import labelled_inputs
 
     samples = read_samples(path)
     if train_only:
@@ -92,7 +92,7 @@ def per_type_accuracy(samples, chosen) -> dict[str, float]:
 def finetune_one(family: str, backend: str | None, target: Path, args, data: dict) -> dict:
     """Random checkpoint in a temporary folder -> fine-tune -> `target` (atomic); returns the report row."""
     from cater.teachers.base import TeacherConfig
-    from cater.teachers.finetune import finetune, save_finetuned
+    from cater.testing.tiny.finetune import finetune, save_finetuned
     from cater.teachers.registry import build_teacher
 
     recipe = dict(FINETUNE[(family, backend)])

@@ -1,4 +1,4 @@
-"""Shared fixtures: offline hub, and one tiny shapes dataset generated once per session."""
+"""Shared fixtures: offline hub, one tiny shapes dataset and the tiny teacher checkpoints, each made once per session."""
 from __future__ import annotations
 
 import os
@@ -34,6 +34,15 @@ def shapes_set(tmp_path_factory) -> ShapesSet:
     root = tmp_path_factory.mktemp("shapes")
     config = ShapesConfig(seed=3, videos=dict(TINY_SHAPES))
     return ShapesSet(root, config, generate(root, config))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """{family: folder} of the tiny Video-LLaVA, IDEFICS and Chat-UniVi checkpoints (tests/helpers/tiny_teachers.py);
+    read-only: a test that changes a checkpoint copies it first."""
+    from helpers.tiny_teachers import write_tiny_checkpoints
+
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny-teachers"))
 
 
 @pytest.fixture(scope="session")

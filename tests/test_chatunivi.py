@@ -23,8 +23,8 @@ from cater.teachers.chatunivi import (
     merge_clusters,
     neighbour_count,
     tokenize_with_placeholders,
-    write_tiny_chatunivi,
 )
+from cater.testing.tiny.chatunivi import write_tiny_chatunivi
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "chat_univi"
 CASES = ("video8", "image1", "video65")
@@ -196,7 +196,7 @@ def test_tiny_round_trip_scores_a_batch(teacher):
         assert out.hidden.shape == (teacher.hidden_size,) and out.hidden.dtype == np.float32
         assert np.isfinite(out.hidden).all() and not out.missing
     # letter ids come from the tokenizer: each ' A'..' E' is one token
-    assert teacher.letter_ids == teacher.tokenizer.convert_tokens_to_ids([f"\u2581{letter}" for letter in "ABCDE"])  # LLaMA SentencePiece
+    assert list(teacher.letter_ids) == teacher.tokenizer.convert_tokens_to_ids([f"\u2581{letter}" for letter in "ABCDE"])  # LLaMA SentencePiece
     # left padding: the batch gives what each sample gives alone
     for item, out in zip(batch, outputs):
         alone = teacher.score([item])[0]

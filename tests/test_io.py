@@ -214,4 +214,12 @@ def test_source_digest_follows_the_code_of_the_named_modules(tmp_path, monkeypat
     assert source_digest("digestpkg.a", "digestpkg.b") != first
     with pytest.raises(ValueError, match="not found"):
         source_digest("digestpkg.missing")
+    whole = source_digest("digestpkg")  # a package: every module below it, not only its __init__
+    (package / "sub").mkdir()
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "c.py").write_text("Z = 1\n")
+    assert source_digest("digestpkg") != whole
+    with_c = source_digest("digestpkg")
+    (package / "sub" / "c.py").write_text("Z = 2\n")
+    assert source_digest("digestpkg") != with_c
     sys.modules.pop("digestpkg", None)

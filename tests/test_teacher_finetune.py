@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from cater.teachers.base import TeacherConfig, TeacherError, TeacherInput
-from cater.teachers.finetune import accuracy, finetune, permuted, save_finetuned
-from cater.teachers.registry import build_teacher, write_tiny
+from cater.testing.tiny.finetune import accuracy, finetune, permuted, save_finetuned
+from cater.teachers.registry import build_teacher
+from cater.testing.tiny import write_tiny
 
 # name -> (family, backend); the three families the demo uses
 FAMILIES = {"videollava": ("videollava", None), "idefics": ("flamingo", "idefics"), "chatunivi": ("chatunivi", None)}

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from cater.teachers.base import LETTERS, TeacherConfig, TeacherError, TeacherInput
-from cater.teachers.flamingo import FlamingoTeacher, write_tiny_flamingo
+from cater.teachers.flamingo import FlamingoTeacher
+from cater.testing.tiny.flamingo import write_tiny_flamingo
 
 HAS_OPEN_FLAMINGO = importlib.util.find_spec("open_flamingo") is not None
 needs_open_flamingo = pytest.mark.skipif(

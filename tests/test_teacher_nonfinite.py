@@ -12,7 +12,8 @@ import yaml
 from cater.data.schema import write_samples
 from cater.stages import teacher as stage
 from cater.teachers.base import TeacherConfig, TeacherInput
-from cater.teachers.chatunivi import ChatUniViTeacher, write_tiny_chatunivi
+from cater.teachers.chatunivi import ChatUniViTeacher
+from cater.testing.tiny.chatunivi import write_tiny_chatunivi
 from test_teacher_runner import make_samples, write_frames
 
 

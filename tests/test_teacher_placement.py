@@ -16,18 +16,11 @@ import pytest
 
 import cater.teachers.base as base
 from cater.teachers.base import TeacherConfig, TeacherError, TeacherInput
-from cater.teachers.chatunivi import ChatUniViTeacher, write_tiny_chatunivi
-from cater.teachers.flamingo import FlamingoTeacher, write_tiny_flamingo
-from cater.teachers.videollava import VideoLlavaTeacher, write_tiny_videollava
-
-FAMILIES = ("videollava", "idefics", "chatunivi")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("placement")
-    return {"videollava": write_tiny_videollava(root / "vl"), "idefics": write_tiny_flamingo(root / "id", backend="idefics"),
-            "chatunivi": write_tiny_chatunivi(root / "cu")}
+from cater.teachers.chatunivi import ChatUniViTeacher
+from cater.teachers.flamingo import FlamingoTeacher
+from cater.teachers.videollava import VideoLlavaTeacher
+from cater.testing.tiny.flamingo import write_tiny_flamingo
+from helpers.tiny_teachers import FAMILIES
 
 
 def build(family: str, path, **settings):
@@ -39,14 +32,14 @@ def build(family: str, path, **settings):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["4bit", "8bit"])
-def test_quantization_on_the_cpu_is_a_clear_error(checkpoints, family, kind):
+def test_quantization_on_the_cpu_is_a_clear_error(tiny_teacher_checkpoints, family, kind):
     with pytest.raises(TeacherError, match=f"quantization '{kind}' needs a CUDA device"):
-        build(family, checkpoints[family], device="cpu", quantization=kind)
+        build(family, tiny_teacher_checkpoints[family], device="cpu", quantization=kind)
 
 
-def test_an_unknown_quantization_is_named(checkpoints):
+def test_an_unknown_quantization_is_named(tiny_teacher_checkpoints):
     with pytest.raises(TeacherError, match="quantization '3bit' is not supported"):
-        build("idefics", checkpoints["idefics"], device="cpu", quantization="3bit")
+        build("idefics", tiny_teacher_checkpoints["idefics"], device="cpu", quantization="3bit")
 
 
 LARGE_PART = {  # the class whose from_pretrained loads the bulk of each family's weights
@@ -61,7 +54,7 @@ class Caught(Exception):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_quantization_reaches_from_pretrained_with_a_device_map(checkpoints, family, monkeypatch):
+def test_quantization_reaches_from_pretrained_with_a_device_map(tiny_teacher_checkpoints, family, monkeypatch):
     import importlib
 
     sentinel = object()
@@ -75,11 +68,11 @@ def test_quantization_reaches_from_pretrained_with_a_device_map(checkpoints, fam
     module, name = LARGE_PART[family]
     monkeypatch.setattr(getattr(importlib.import_module(module), name), "from_pretrained", fake_from_pretrained)
     with pytest.raises(Caught):
-        build(family, checkpoints[family], device="cpu", quantization="4bit")
+        build(family, tiny_teacher_checkpoints[family], device="cpu", quantization="4bit")
     assert seen["quantization_config"] is sentinel and seen["device_map"] == {"": 0}
     seen.clear()
     with pytest.raises(Caught):
-        build(family, checkpoints[family], device="cpu", quantization="4bit", device_map="auto")  # sharded over GPUs
+        build(family, tiny_teacher_checkpoints[family], device="cpu", quantization="4bit", device_map="auto")  # sharded over GPUs
     assert seen["quantization_config"] is sentinel and seen["device_map"] == "auto"
 
 
@@ -92,11 +85,11 @@ def test_openflamingo_refuses_device_map_and_quantization(tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_teacher_dispatched_by_accelerate_scores_as_the_plain_one(checkpoints, family):
+def test_a_teacher_dispatched_by_accelerate_scores_as_the_plain_one(tiny_teacher_checkpoints, family):
     rng = np.random.default_rng(0)
     item = TeacherInput("q", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), "What moved first?",
                         ["a circle", "a square", "a star", "nothing", "two"])
-    plain = build(family, checkpoints[family], device="cpu").score([item])[0]
-    mapped = build(family, checkpoints[family], device="cpu", device_map="cpu").score([item])[0]
+    plain = build(family, tiny_teacher_checkpoints[family], device="cpu").score([item])[0]
+    mapped = build(family, tiny_teacher_checkpoints[family], device="cpu", device_map="cpu").score([item])[0]
     np.testing.assert_allclose(mapped.choice_logits, plain.choice_logits, atol=1e-5)
     assert mapped.hard_idx == plain.hard_idx

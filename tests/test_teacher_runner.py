@@ -22,7 +22,8 @@ from cater.io import decode_array
 from cater.stages import teacher as stage
 from cater.teachers.base import TeacherConfig, TeacherError, TeacherOutput
 from cater.teachers.runner import ROW_FIELDS, output_row, score_samples
-from cater.teachers.videollava import VideoLlavaTeacher, write_tiny_videollava
+from cater.teachers.videollava import VideoLlavaTeacher
+from cater.testing.tiny.videollava import write_tiny_videollava
 
 ROOT = Path(__file__).resolve().parents[1]
 

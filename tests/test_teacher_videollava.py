@@ -13,7 +13,8 @@ import torch
 from cater.teachers import videollava
 from cater.teachers.base import LETTERS, TeacherConfig, TeacherError, TeacherInput
 from cater.teachers.registry import build_teacher
-from cater.teachers.videollava import VideoLlavaTeacher, write_tiny_videollava
+from cater.teachers.videollava import VideoLlavaTeacher
+from cater.testing.tiny.videollava import write_tiny_videollava
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def test_cuda_requested_without_cuda(tiny_path):
 
 def test_letters_that_are_not_single_tokens_are_refused(tmp_path, monkeypatch):
     # a tokenizer learned from text without " A".." E" splits each letter into space + letter
-    from cater.teachers import tiny_tokenizers
+    from cater.testing.tiny import tokenizers as tiny_tokenizers
 
     monkeypatch.setattr(tiny_tokenizers, "training_lines", lambda: ["USER: <video>\nwhat moved first?\nASSISTANT:"])
     monkeypatch.setattr(tiny_tokenizers, "check_letters", lambda tokenizer, space: None)  # the writer's own guard

@@ -19,10 +19,13 @@ import pytest
 import sentencepiece as spm
 
 from cater.teachers.base import LETTERS, TeacherConfig, TeacherError, TeacherInput, letter_token_ids
-from cater.teachers.chatunivi import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, ChatUniViTeacher, write_tiny_chatunivi
-from cater.teachers.flamingo import FlamingoTeacher, write_tiny_flamingo
-from cater.teachers.tiny_tokenizers import gpt_neox_bpe, llama_sentencepiece, sentencepiece_model
-from cater.teachers.videollava import VideoLlavaTeacher, write_tiny_videollava
+from cater.teachers.chatunivi import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, ChatUniViTeacher
+from cater.teachers.flamingo import FlamingoTeacher
+from cater.teachers.videollava import VideoLlavaTeacher
+from cater.testing.tiny.chatunivi import write_tiny_chatunivi
+from cater.testing.tiny.flamingo import write_tiny_flamingo
+from cater.testing.tiny.tokenizers import gpt_neox_bpe, llama_sentencepiece, sentencepiece_model
+from cater.testing.tiny.videollava import write_tiny_videollava
 
 try:
     import open_flamingo  # noqa: F401
@@ -96,10 +99,19 @@ def test_prompts_encode_as_sentencepiece_does_between_the_special_tokens(llama_t
     prompt = teacher.prompt(ITEM)
     specials = sorted((t.content for t in tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True)
     sp = sentencepiece_of(teacher)
-    for text in filter(None, re.split("|".join(map(re.escape, specials)), prompt)):
+    segments = list(filter(None, re.split("|".join(map(re.escape, specials)), prompt)))
+    assert not any(text.startswith(" ") for text in segments)  # our templates; the leading-space case is made below
+    for text in segments + [" " + text for text in segments] + ["  " + segments[-1]]:
+        ours = tokenizer(text, add_special_tokens=False)["input_ids"]
         if text.startswith(" "):
-            continue  # leading spaces after a special token: the known prepend difference, not in our templates
-        assert tokenizer(text, add_special_tokens=False)["input_ids"] == sp.encode(text), text
+            # A segment that starts with a space (as after a special token): SentencePiece itself encodes it with one
+            # more "▁" than transformers, because its dummy prefix is always added ("▁" + "▁Answer"), while the
+            # converted LLaMA tokenizer takes a leading space as that prefix (the real checkpoints' tokenizers differ
+            # the same way: transformers' legacy=False). So the exact relation is checked: transformers' ids are
+            # SentencePiece's ids of the text after its first space.
+            assert ours == sp.encode(text[1:]) != sp.encode(text), text
+        else:
+            assert ours == sp.encode(text), text
 
 
 @pytest.mark.skipif(not HAS_OPEN_FLAMINGO, reason="open_flamingo is not installed")
@@ -123,7 +135,7 @@ def test_letter_ids_follow_the_tokenizer_style(style, monkeypatch):
     assert tokenizer.convert_ids_to_tokens(list(ids)) == [marker + letter for letter in LETTERS]
 
     # learned from text without " A".." E": each letter is the space marker + the letter, two pieces
-    from cater.teachers import tiny_tokenizers
+    from cater.testing.tiny import tokenizers as tiny_tokenizers
     monkeypatch.setattr(tiny_tokenizers, "training_lines", lambda: ["USER: what moved first? ASSISTANT:"])
     monkeypatch.setattr(tiny_tokenizers, "check_letters", lambda tokenizer, space: None)
     with pytest.raises(TeacherError, match="option letter '[A-E]' does not encode to exactly one token"):

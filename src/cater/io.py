@@ -138,8 +138,9 @@ def jsonl_lines(path: str | Path):
 
 
 def source_digest(*modules: str) -> str:
-    """A digest of the source files of `modules` (dotted names): part of a resumable cache's key, so cached
-    work computed by other code is never reused after that code changes (a fix takes effect on the next run)."""
+    """A digest of the source files of `modules` (dotted names; a package counts with every .py file under it):
+    part of a resumable cache's key, so cached work computed by other code is never reused after that code changes
+    (a fix takes effect on the next run)."""
     import importlib.util
 
     parts = []
@@ -147,7 +148,12 @@ def source_digest(*modules: str) -> str:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.origin:
             raise ValueError(f"source_digest: module {name!r} not found")
-        parts.append([name, file_digest(spec.origin)])
+        if spec.submodule_search_locations:  # a package: its __init__ and every module below it
+            for folder in spec.submodule_search_locations:
+                for path in sorted(Path(folder).rglob("*.py")):
+                    parts.append([f"{name}/{path.relative_to(folder).as_posix()}", file_digest(path)])
+        else:
+            parts.append([name, file_digest(spec.origin)])
     return stable_hash(parts)
 
 

@@ -14,7 +14,7 @@ import sys
 from cater.teachers.base import TeacherError
 
 
-def params_entries(params_path: str) -> tuple[list[tuple[str, str]], list[str]]:
+def params_entries(params_path: str) -> tuple[list[tuple[str, str, str]], list[str]]:
     from cater.config import load_params
 
     entries, skipped = [], []
@@ -23,7 +23,7 @@ def params_entries(params_path: str) -> tuple[list[tuple[str, str]], list[str]]:
         if family == "flamingo":
             family = cfg.get("backend", "idefics")
         if family in ("videollava", "idefics", "chatunivi"):
-            entries.append((family, cfg["model"]))
+            entries.append((family, cfg["model"], cfg.get("dtype", "fp32")))  # TeacherConfig's default dtype
         else:
             skipped.append(f"{name} ({family}: not covered)")
     return entries, skipped
@@ -35,19 +35,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cater teacher-memory", description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=[], help="a checkpoint folder (with --family)")
     parser.add_argument("--family", action="append", default=[], choices=FAMILIES, help="its family, per --model")
+    parser.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"),
+                        help="the dtype of the unquantized weights under 8bit/4bit, for --model (params entries: their own)")
     parser.add_argument("--params", default="params.yaml", help="params file read when no --model is given")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
     args = parser.parse_args(argv)
     if len(args.model) != len(args.family):
         parser.error("give --model and --family in pairs")
-    entries, skipped = (list(zip(args.family, args.model)), []) if args.model else params_entries(args.params)
+    entries, skipped = ([(f, m, args.dtype) for f, m in zip(args.family, args.model)], []) if args.model \
+        else params_entries(args.params)
     try:
-        footprints = [footprint(family, model) for family, model in entries]
+        footprints = [footprint(family, model, dtype) for family, model, dtype in entries]
     except TeacherError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps([{"family": f.family, "model": f.model, "parameters": f.parameters,
+        print(json.dumps([{"family": f.family, "model": f.model, "parameters": f.parameters, "dtype": f.dtype,
                            "bytes": {p: f.bytes(p) for p in ("fp32", "fp16", "8bit", "4bit")},
                            "components": {c.name: c.parameters for c in f.components}} for f in footprints], indent=2))
     else:

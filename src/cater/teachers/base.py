@@ -76,7 +76,7 @@ class Teacher(ABC):
         (None: nothing; a model's weights are in the stage's config hash)."""
         return None
 
-    # -- fine-tuning (optional; cater.teachers.finetune uses these) -------------------------------------
+    # -- fine-tuning (optional; cater.testing.tiny.finetune uses these) -----------------------------
 
     def letter_logits(self, batch: list[TeacherInput]):
         """The option letters' next-token logits at the answer position, torch [B, max choices], with
@@ -110,6 +110,14 @@ class Teacher(ABC):
             )
         if len(item.choices) < 2:
             raise TeacherError(f"sample {item.id}: fewer than 2 choices")
+
+
+def check_extra(config: TeacherConfig, known, family: str) -> None:
+    """A clear error for `extra` options the family does not know (a typo must not be ignored silently)."""
+    unknown = set(config.extra) - set(known)
+    if unknown:
+        raise TeacherError(f"teacher {config.model}: unknown option(s) {sorted(unknown)} for family {family} "
+                           f"(known: {sorted(known)})")
 
 
 def options_block(choices: list[str]) -> str:

@@ -5,10 +5,17 @@ Each family's architecture is built from the checkpoint folder's config on the m
 counted per component. Bytes follow from the counts:
 
 - fp32 / fp16 / bf16: parameters x 4 / 2 / 2 bytes (exact).
-- 8bit (bitsandbytes LLM.int8): every nn.Linear weight except the output head (transformers keeps the
-  `lm_head` unquantized) in int8 plus one fp32 scale per output row; everything else in fp16.
-- 4bit (bitsandbytes NF4, block size 64, no double quantization, as `quantization: 4bit` configures it):
-  those weights packed two per byte plus one fp32 absmax per block of 64; everything else in fp16.
+- 8bit (bitsandbytes LLM.int8) and 4bit (NF4, block size 64, no double quantization, as `quantization: 4bit`
+  configures it) replace exactly the layers transformers' `replace_with_bnb_linear` replaces: modules whose type
+  is `nn.Linear` itself (not a subclass such as IDEFICS's decoupled head) inside the model that
+  `from_pretrained` loads with the quantization config, minus the modules it skips. No
+  `llm_int8_skip_modules` is passed (`cater.teachers.base.quantization_config`), so transformers skips its
+  defaults: the output embeddings (`lm_head`, with IDEFICS's `lm_head.additional_fc`), the weights tied to them
+  (embeddings, not Linear) and the last parameter's module (the head again); hence the rule "plain nn.Linear
+  under `model.`" (`QUANTIZED`).
+  Chat-UniVi quantizes its LLaMA only: the vision tower and the projector load in the plain dtype.
+  8bit: those weights in int8 plus one fp32 scale per output row; 4bit: packed two per byte plus one fp32
+  absmax per block of 64. Everything else stays in the teacher's `dtype` (`rest`, fp16 unless told).
 The quantized figures apply bitsandbytes' storage rule to the exact counts; they are not measurements.
 Activations, the KV cache and the CUDA context come on top.
 
@@ -27,11 +34,15 @@ FAMILIES = ("videollava", "idefics", "chatunivi")
 BLOCK_4BIT = 64
 
 
+QUANTIZED = ("model.",)  # module-name prefixes (of the model loaded with the quantization config) bnb replaces
+REST_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
 @dataclass
 class Component:
     name: str
     parameters: int = 0
-    linear_weights: int = 0  # elements of quantizable nn.Linear weights (not the output head)
+    linear_weights: int = 0  # elements of the nn.Linear weights bitsandbytes quantizes (see the module docstring)
     linear_rows: int = 0  # their output rows (LLM.int8 keeps one scale per row)
 
 
@@ -40,6 +51,7 @@ class Footprint:
     family: str
     model: str
     components: list[Component] = field(default_factory=list)
+    dtype: str = "fp16"  # the teacher's dtype: what the unquantized weights take under 8bit/4bit
 
     @property
     def parameters(self) -> int:
@@ -49,80 +61,91 @@ class Footprint:
         total = self.parameters
         quantized = sum(c.linear_weights for c in self.components)
         rows = sum(c.linear_rows for c in self.components)
+        rest = REST_BYTES[self.dtype] * (total - quantized)
         if precision == "fp32":
             return 4 * total
         if precision in ("fp16", "bf16"):
             return 2 * total
         if precision == "8bit":
-            return quantized + 4 * rows + 2 * (total - quantized)
+            return quantized + 4 * rows + rest
         if precision == "4bit":
-            return (quantized + 1) // 2 + 4 * -(-quantized // BLOCK_4BIT) + 2 * (total - quantized)
+            return (quantized + 1) // 2 + 4 * -(-quantized // BLOCK_4BIT) + rest
         raise ValueError(f"unknown precision {precision!r} (fp32, fp16, bf16, 8bit, 4bit)")
 
 
-def count(module, name: str, head: str | None = None) -> Component:
-    """Parameters of `module` (tied ones once) and its quantizable Linear weights (all but `head`)."""
+def split(model, parts: list[tuple[str, str | None]], quantized: tuple[str, ...] = QUANTIZED) -> list[Component]:
+    """`model`'s parameters (tied ones once, under their first name) per component, in the order of `parts`:
+    (component name, module-name prefix; None: everything no other prefix covers), and the weights bitsandbytes
+    quantizes: modules of type exactly nn.Linear whose names start with one of `quantized` (() = none)."""
     import torch.nn as nn
 
-    component = Component(name, sum(p.numel() for p in module.parameters()))
-    for module_name, child in module.named_modules():
-        if isinstance(child, nn.Linear) and module_name != head:
-            component.linear_weights += child.weight.numel()
-            component.linear_rows += child.out_features
-    return component
+    components = [Component(name) for name, _ in parts]
+
+    def owner(name: str) -> Component:
+        for component, (_, prefix) in zip(components, parts):
+            if prefix is not None and (name == prefix or name.startswith(prefix + ".")):
+                return component
+        return next(component for component, (_, prefix) in zip(components, parts) if prefix is None)
+
+    for name, param in model.named_parameters():
+        owner(name).parameters += param.numel()
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and name.startswith(quantized):
+            component = owner(name)
+            component.linear_weights += module.weight.numel()
+            component.linear_rows += module.out_features
+    return components
 
 
-def footprint(family: str, model_dir: str | Path) -> Footprint:
+def build_empty(build):
+    """`build()` on the meta device, its weights then tied as `from_pretrained` ties them (under `init_empty_weights`
+    they are not, and `tie_weights` has no effect inside it), so a tied head counts once, with the embeddings."""
     from accelerate import init_empty_weights
 
+    with init_empty_weights():
+        model = build()
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
+def footprint(family: str, model_dir: str | Path, dtype: str = "fp16") -> Footprint:
     path = Path(model_dir)
     if family not in FAMILIES:
         raise TeacherError(f"teacher memory: family {family!r} is not covered (one of {', '.join(FAMILIES)})")
+    if dtype not in REST_BYTES:
+        raise TeacherError(f"teacher memory: dtype {dtype!r} is not one of {', '.join(REST_BYTES)}")
     if not (path / "config.json").is_file():
         raise TeacherError(f"teacher memory: {path}/config.json not found (the checkpoint's config is all it needs)")
-    result = Footprint(family, str(model_dir))
-    with init_empty_weights():
-        if family == "videollava":
-            from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
+    result = Footprint(family, str(model_dir), dtype=dtype)
+    if family == "videollava":
+        from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
-            model = VideoLlavaForConditionalGeneration(VideoLlavaConfig.from_pretrained(str(path)))
-            inner = model.model
-            result.components = [count(inner.language_model, "language model"), count(model.lm_head, "lm_head", head=""),
-                                 count(inner.image_tower, "image tower"), count(inner.video_tower, "video tower"),
-                                 count(inner.multi_modal_projector, "projector")]
-        elif family == "idefics":
-            from transformers import IdeficsConfig, IdeficsForVisionText2Text
+        model = build_empty(lambda: VideoLlavaForConditionalGeneration(VideoLlavaConfig.from_pretrained(str(path))))
+        result.components = split(model, [("language model", None), ("lm_head", "lm_head"),
+                                          ("image tower", "model.image_tower"), ("video tower", "model.video_tower"),
+                                          ("projector", "model.multi_modal_projector")])
+    elif family == "idefics":
+        from transformers import IdeficsConfig, IdeficsForVisionText2Text
 
-            model = IdeficsForVisionText2Text(IdeficsConfig.from_pretrained(str(path)))
-            inner = model.model
-            vision = count(inner.vision_model, "vision encoder")
-            perceiver = count(inner.perceiver_resampler, "perceiver") if inner.perceiver_resampler is not None else None
-            cross = count(inner.gated_cross_attn_layers, "gated cross-attention")
-            everything = count(inner, "all")
-            language = Component("language model", everything.parameters - vision.parameters - cross.parameters
-                                 - (perceiver.parameters if perceiver else 0),
-                                 everything.linear_weights - vision.linear_weights - cross.linear_weights
-                                 - (perceiver.linear_weights if perceiver else 0),
-                                 everything.linear_rows - vision.linear_rows - cross.linear_rows
-                                 - (perceiver.linear_rows if perceiver else 0))
-            result.components = [language, count(model.lm_head, "lm_head", head=""), vision,
-                                 *([perceiver] if perceiver else []), cross]
-        else:
-            import torch.nn as nn
-            from transformers import CLIPVisionModel
+        model = build_empty(lambda: IdeficsForVisionText2Text(IdeficsConfig.from_pretrained(str(path))))
+        perceiver = [("perceiver", "model.perceiver_resampler")] if model.model.perceiver_resampler is not None else []
+        result.components = split(model, [("language model", None), ("lm_head", "lm_head"),
+                                          ("vision encoder", "model.vision_model"), *perceiver,
+                                          ("gated cross-attention", "model.gated_cross_attn_layers")])
+    else:
+        import torch.nn as nn
+        from transformers import CLIPVisionModel
 
-            from cater.teachers.chatunivi import _llama_class, llama_config, load_vision_config, read_checkpoint_config
+        from cater.teachers.chatunivi.checkpoint import _llama_class, llama_config, load_vision_config, read_checkpoint_config
 
-            config = read_checkpoint_config(path)
-            llm = _llama_class()(llama_config(config))
-            result.components = [count(llm.model, "language model"), count(llm.lm_head, "lm_head", head=""),
-                                 count(CLIPVisionModel(load_vision_config(path, config)), "vision tower"),
-                                 count(nn.Linear(int(config["mm_hidden_size"]), int(config["hidden_size"])), "projector")]
-    head = model.lm_head if family != "chatunivi" else llm.lm_head
-    embeddings = (model if family != "chatunivi" else llm).get_input_embeddings()
-    if head.weight is embeddings.weight:  # tied: counted once, with the embeddings
-        lm_head = next(c for c in result.components if c.name == "lm_head")
-        lm_head.parameters = 0
+        config = read_checkpoint_config(path)
+        llm = build_empty(lambda: _llama_class()(llama_config(config)))  # the part from_pretrained loads (and quantizes)
+        tower = build_empty(lambda: CLIPVisionModel(load_vision_config(path, config)))
+        projector = build_empty(lambda: nn.Linear(int(config["mm_hidden_size"]), int(config["hidden_size"])))
+        result.components = [*split(llm, [("language model", None), ("lm_head", "lm_head")]),
+                             *split(tower, [("vision tower", None)], quantized=()),
+                             *split(projector, [("projector", None)], quantized=())]
     return result
 
 
@@ -135,9 +158,11 @@ def human_bytes(size: float) -> str:
 
 
 def format_table(footprints: list[Footprint], precisions=("fp32", "fp16", "8bit", "4bit")) -> str:
+    """A markdown table; the quantized figures name the dtype the unquantized weights take (`Footprint.dtype`)."""
     lines = [f"| teacher | checkpoint | parameters | {' | '.join(precisions)} |", "|---|---|---|" + "---|" * len(precisions)]
     for fp in footprints:
-        sizes = " | ".join(human_bytes(fp.bytes(p)) for p in precisions)
+        sizes = " | ".join(human_bytes(fp.bytes(p)) + (f" (rest {fp.dtype})" if p in ("8bit", "4bit") else "")
+                           for p in precisions)
         lines.append(f"| {fp.family} | `{fp.model}` | {fp.parameters:,} | {sizes} |")
         for c in fp.components:
             lines.append(f"|  | {c.name} | {c.parameters:,} | " + " | ".join("" for _ in precisions) + " |")

@@ -7,8 +7,8 @@ next-token logits of the option letters (" A", " B", ... as the tokenizer encode
 "ASSISTANT:") at the last prompt position. The pooled hidden state is the final (normed) hidden state of
 the language model at that same position: the last non-pad token, since batches are left-padded.
 
-`write_tiny_videollava` writes a tiny randomly initialised checkpoint in the real format, so tests and the
-demo exercise the same loading code as the 7B model.
+`cater.testing.tiny.videollava` writes a tiny randomly initialised checkpoint in the real format, so tests and
+the demo exercise the same loading code as the 7B model.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from cater.data.frames import uniform_indices
-from cater.io import atomic_directory
 from cater.teachers.base import (
-    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, letter_matrix, letter_output, letter_token_ids, options_block, placement_kwargs, resolve_device, resolve_dtype,
+    LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, check_extra, letter_matrix, letter_output,
+    letter_token_ids, options_block, placement_kwargs, resolve_device, resolve_dtype,
 )
 
 MODEL_TYPE = "video_llava"
@@ -66,10 +66,7 @@ class VideoLlavaTeacher(Teacher):
         super().__init__(config)
         from transformers import VideoLlavaForConditionalGeneration, VideoLlavaProcessor
 
-        unknown = set(config.extra) - KNOWN_EXTRA
-        if unknown:
-            raise TeacherError(f"teacher {config.model}: unknown option(s) {sorted(unknown)} for family videollava "
-                               f"(known: {sorted(KNOWN_EXTRA)})")
+        check_extra(config, KNOWN_EXTRA, self.family)
         revision = config.extra.get("revision")
         checkpoint = read_checkpoint_config(config.model, revision)
         model_type = checkpoint.get("model_type")
@@ -235,88 +232,3 @@ class VideoLlavaTeacher(Teacher):
             # the shared non-finite guard, on the per-option scores (option i's score at index i)
             outputs.append(letter_output(item, range(len(logprobs)), torch.tensor(logprobs), hidden[0]))
         return outputs
-
-
-# ----------------------------------------------------------------------------------------------- tiny model
-
-TINY_FRAME_SIZE = 32
-TINY_PATCH = 8
-TINY_FRAMES = 8
-TINY_HIDDEN = 32
-_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] | upper }}: "
-    "{% for item in message['content'] if item['type'] == 'image' %}<image>\n{% endfor %}"
-    "{% for item in message['content'] if item['type'] == 'video' %}<video>\n{% endfor %}"
-    "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] }} {% endfor %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-
-def _tiny_tokenizer():
-    """LLaMA's SentencePiece tokenizer family (as Video-LLaVA-7B's), with `<image>`, `<video>`, `<pad>` added."""
-    from cater.teachers.tiny_tokenizers import llama_sentencepiece
-
-    return llama_sentencepiece(("<image>", "<video>"), pad_token="<pad>", padding_side="left",
-                               extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})
-
-
-def _init_weights_deterministically(model, seed: int) -> None:
-    """Fill every parameter from one seeded generator, in name order (independent of torch's init)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            if param.ndim == 1 and ("norm" in name or name.endswith("layer_norm1.weight")
-                                    or name.endswith("layer_norm2.weight")):
-                param.fill_(1.0)
-            elif param.ndim == 1:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-            else:
-                fan_in = int(np.prod(param.shape[1:]))
-                std = 1.0 if "embed_tokens" in name or "embedding" in name else fan_in ** -0.5
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-
-
-def write_tiny_videollava(path: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Video-LLaVA checkpoint (config, safetensors, fast tokenizer, processor) to `path`."""
-    from transformers import (VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor,
-                              VideoLlavaProcessor, VideoLlavaVideoProcessor)
-
-    path = Path(path)
-    tokenizer, sentencepiece_model = _tiny_tokenizer()
-    size = {"shortest_edge": TINY_FRAME_SIZE}
-    crop = {"height": TINY_FRAME_SIZE, "width": TINY_FRAME_SIZE}
-    processor = VideoLlavaProcessor(
-        image_processor=VideoLlavaImageProcessor(size=size, crop_size=crop),
-        video_processor=VideoLlavaVideoProcessor(size=size, crop_size=crop),
-        tokenizer=tokenizer,
-        patch_size=TINY_PATCH,
-        chat_template=_CHAT_TEMPLATE,
-    )
-    tokens_per_frame = (TINY_FRAME_SIZE // TINY_PATCH) ** 2 + 1  # patches + CLS
-    config = VideoLlavaConfig(
-        vision_config=dict(
-            model_type="clip_vision_model", hidden_size=TINY_HIDDEN, intermediate_size=2 * TINY_HIDDEN,
-            num_hidden_layers=2, num_attention_heads=2, image_size=TINY_FRAME_SIZE, patch_size=TINY_PATCH,
-            projection_dim=TINY_HIDDEN,
-        ),
-        text_config=dict(
-            model_type="llama", hidden_size=TINY_HIDDEN, intermediate_size=2 * TINY_HIDDEN, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=2048,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        image_seq_length=tokens_per_frame - 1,
-        video_seq_length=tokens_per_frame * TINY_FRAMES,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = VideoLlavaForConditionalGeneration(config)
-    _init_weights_deterministically(model, seed)
-
-    with atomic_directory(path) as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        (staging / "tokenizer.model").write_bytes(sentencepiece_model)  # shipped beside tokenizer.json, as by the 7B
-    return path

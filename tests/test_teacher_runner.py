@@ -123,6 +123,23 @@ def test_rows_are_complete_sorted_and_reused(tmp_path, tiny_teacher):
     assert other_config.scored == 7  # another config hash never reuses rows
 
 
+def test_rows_are_read_from_the_store_one_at_a_time(tmp_path, tiny_teacher):
+    """The assembled rows hold (file, offset) locations, not the rows: memory does not grow with the hidden
+    states of the dataset (benchmarks/bench_teacher_rows.py); iterating, indexing and write_jsonl agree."""
+    from cater.io import read_jsonl, write_jsonl
+
+    samples = make_samples(5, 2)
+    write_frames(tmp_path / "frames", ["vid0", "vid1"])
+    rows = score_samples(tiny_teacher, samples, FrameStore(tmp_path / "frames"), tmp_path / "cache", {}, batch_size=2,
+                         progress=False)
+    assert all(isinstance(path, Path) and isinstance(offset, int) for path, offset in rows.locations.values())
+    assert set(vars(rows)) == {"keys", "locations"}  # no row objects kept
+    listed = list(rows)
+    assert [rows[i] for i in range(len(rows))] == listed and rows[1:3] == listed[1:3]
+    write_jsonl(tmp_path / "out.jsonl", rows)
+    assert read_jsonl(tmp_path / "out.jsonl") == listed
+
+
 def test_changed_question_is_rescored(tmp_path, tiny_teacher):
     samples = make_samples(4, 2)
     write_frames(tmp_path / "frames", ["vid0", "vid1"])

@@ -94,7 +94,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows))
+    """One JSON object per line, written as `rows` yields them (memory: one row), appearing complete or not at all."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
@@ -233,33 +237,60 @@ class RowStore:
         if not meta.exists():
             atomic_write_json(meta, {"config": config})
 
-    def _load_file(self, path: Path, repair: bool) -> dict[str, dict]:
-        rows: dict[str, dict] = {}
-        data = path.read_bytes()
+    def _scan(self, path: Path, repair: bool, visit: Callable[[int, dict], None]) -> None:
+        """Call `visit(offset, row)` for each complete line of `path`, one line in memory at a time. A torn last
+        line (no newline, or not valid JSON) ends the scan; with `repair` it is truncated away."""
         good_end = 0
-        offset = 0
-        for line in data.splitlines(keepends=True):
-            offset += len(line)
-            if not line.endswith(b"\n"):
-                break
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            rows[row["key"]] = row
-            good_end = offset
-        if repair and good_end < len(data):
+        with path.open("rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                visit(good_end, row)
+                good_end += len(line)
+            size = handle.seek(0, os.SEEK_END)
+        if repair and good_end < size:
             with path.open("r+b") as handle:
                 handle.truncate(good_end)
-        return rows
+
+    def locate(self, accept: Callable[[dict], bool] | None = None) -> dict[str, tuple[Path, int]]:
+        """Where each finished row of this config starts, (file, byte offset), from every writer's file; with
+        `accept`, only rows it accepts (so a stale row cannot shadow a valid one). Memory holds the locations,
+        not the rows: `read` fetches one when it is needed."""
+        found: dict[str, tuple[Path, int]] = {}
+        for path in sorted(self.directory.glob("rows-*.jsonl")):
+            def visit(offset: int, row: dict, path: Path = path) -> None:
+                if accept is None or accept(row):
+                    found[row["key"]] = (path, offset)
+            self._scan(path, repair=path == self.path, visit=visit)
+        return found
+
+    @staticmethod
+    def read(location: tuple[Path, int], handles: dict | None = None) -> dict:
+        """The row at `location` (from `locate`); `handles` (path -> open binary file) keeps files open across calls."""
+        path, offset = location
+        if handles is None:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                return json.loads(handle.readline())
+        handle = handles.get(path)
+        if handle is None:
+            handle = handles[path] = path.open("rb")
+        handle.seek(offset)
+        return json.loads(handle.readline())
 
     def load(self, accept: Callable[[dict], bool] | None = None) -> dict[str, dict]:
-        """Finished rows of this config from every writer's file; with `accept`, only the rows it accepts
-        (so a stale row in one file cannot shadow a valid one in another)."""
+        """Finished rows of this config from every writer's file, in memory (small stores only; large ones use
+        `locate` and `read`); with `accept`, only the rows it accepts."""
         rows: dict[str, dict] = {}
         for path in sorted(self.directory.glob("rows-*.jsonl")):
-            found = self._load_file(path, repair=path == self.path)
-            rows.update({k: r for k, r in found.items() if accept is None or accept(r)})
+            def visit(_offset: int, row: dict) -> None:
+                if accept is None or accept(row):
+                    rows[row["key"]] = row
+            self._scan(path, repair=path == self.path, visit=visit)
         return rows
 
     def append(self, rows: Iterable[dict]) -> None:

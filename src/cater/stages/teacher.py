@@ -15,7 +15,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -82,15 +82,21 @@ def make_accelerator(config: TeacherConfig):
     return accelerator
 
 
-def summarize(name: str, config: TeacherConfig, splits: dict[str, list[Sample]], rows: list[dict]) -> dict:
-    """Counts per split, missing reasons, and (for information only) the teacher's accuracy on labelled samples."""
-    by_id = {row["key"]: row for row in rows}
-    reasons = Counter(row["missing_reason"] for row in rows if row["choice_logits"] is None)
+def summarize(name: str, config: TeacherConfig, splits: dict[str, list[Sample]], rows: Iterable[dict]) -> dict:
+    """Counts per split, missing reasons, and (for information only) the teacher's accuracy on labelled samples.
+    `rows` is read once, keeping only each row's choice (memory: a few bytes per sample)."""
+    choice: dict[str, int | None] = {}  # sample id -> hard_idx, None when the row has no usable output
+    reasons: Counter = Counter()
+    for row in rows:
+        scored_row = row["choice_logits"] is not None
+        choice[row["key"]] = row["hard_idx"] if scored_row else None
+        if not scored_row:
+            reasons[row["missing_reason"]] += 1
     per_split = {}
     for split, samples in splits.items():
-        scored = [s for s in samples if by_id[s.id]["choice_logits"] is not None]
+        scored = [s for s in samples if choice[s.id] is not None]
         labelled = [s for s in scored if s.answer_idx is not None]
-        hits = np.array([by_id[s.id]["hard_idx"] == s.answer_idx for s in labelled], dtype=bool)
+        hits = np.array([choice[s.id] == s.answer_idx for s in labelled], dtype=bool)
         per_split[split] = {
             "samples": len(samples),
             "scored": len(scored),
@@ -104,7 +110,7 @@ def summarize(name: str, config: TeacherConfig, splits: dict[str, list[Sample]],
         "teacher": name,
         "family": config.family,
         "model": config.model,
-        "samples": len(rows),
+        "samples": len(choice),
         "missing": sum(reasons.values()),
         "missing_reasons": dict(sorted(reasons.items())),
         "splits": per_split,
@@ -155,7 +161,7 @@ def run(name: str, params_path: str, progress: bool = True) -> None:
                          accelerator=accelerator, progress=progress)
     if accelerator is None or accelerator.is_main_process:
         out_dir = OUT_DIR / name
-        write_jsonl(out_dir / "outputs.jsonl", rows)
+        write_jsonl(out_dir / "outputs.jsonl", rows)  # streamed from the store, one row in memory
         summary = summarize(name, config, splits, rows)
         atomic_write_json(out_dir / "summary.json", summary)
         print(missing_line(summary), flush=True)

@@ -5,7 +5,9 @@ the run was interrupted, resumed, or split across processes; each finished batch
 and fsynced) before the next starts, so a SIGKILL loses at most the batch in flight. A cached row is
 reused only while its sample's teacher-visible input (question, choices, subtitles, frames entry) is
 unchanged. Under `accelerate launch` / `torchrun` the unfinished batches are split across processes;
-each writes its own file, and every process returns the same assembled rows.
+each writes its own file, and every process returns the same assembled rows. The rows are read from the
+store one at a time as they are iterated (`ScoredRows`): memory holds their locations, never the hidden states
+of a whole dataset.
 
 Row format: {"key": id, "choice_logits": [float] | None, "hard_idx": int | None,
              "hidden": encode_array(float16) | None, "missing_reason": str | None}
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -102,9 +104,9 @@ def _teacher_inputs(batch: list[Sample], frame_store: FrameStore) -> list[Teache
     return [TeacherInput(s.id, frame_store.load(s.video_id), s.question, list(s.choices), s.subtitles) for s in batch]
 
 
-def _valid_rows(store: RowStore, digests: dict[str, str]) -> dict[str, dict]:
-    """Finished rows, from every writer's file, whose input digest matches the sample's current one."""
-    return store.load(accept=lambda row: row["key"] in digests and row.get("input") == digests[row["key"]])
+def _valid_locations(store: RowStore, digests: dict[str, str]) -> dict[str, tuple[Path, int]]:
+    """Where the finished rows are, from every writer's file, whose input digest matches the sample's current one."""
+    return store.locate(accept=lambda row: row["key"] in digests and row.get("input") == digests[row["key"]])
 
 
 def score_samples(
@@ -116,15 +118,15 @@ def score_samples(
     batch_size: int,
     accelerator=None,
     progress: bool = True,
-) -> list[dict]:
-    """Score every sample (resuming from `store_dir`) and return the rows sorted by sample id."""
+) -> "ScoredRows":
+    """Score every sample (resuming from `store_dir`) and return the rows sorted by sample id, read lazily."""
     check_samples(samples, frame_store)
     rank = accelerator.process_index if accelerator is not None else 0
     is_main = accelerator is None or accelerator.is_main_process
     store = RowStore(store_dir, config_for_hash, writer=str(rank))
     source = getattr(teacher, "sample_source", lambda sample_id: None)  # duck-typed teachers have none
     digests = {s.id: input_digest(s, frame_store, source(s.id)) for s in samples}
-    done = set(_valid_rows(store, digests))
+    done = set(_valid_locations(store, digests))
     barrier(accelerator)  # every rank sees the same finished set before anyone appends
 
     todo = [batch for batch in fixed_batches(samples, batch_size) if any(s.id not in done for s in batch)]
@@ -164,12 +166,43 @@ def _shard(accelerator, batches: list):
             yield list(mine)
 
 
-def assemble(store: RowStore, samples: list[Sample], digests: dict[str, str]) -> list[dict]:
-    rows = _valid_rows(store, digests)
-    out = []
-    for sample in sorted(samples, key=lambda s: s.id):
-        row = rows.get(sample.id)
-        if row is None:
-            raise TeacherError(f"{store.directory}: no finished row for sample {sample.id!r} after scoring")
-        out.append({field: row[field] for field in (*ROW_FIELDS, *OPTIONAL_ROW_FIELDS) if field in row})
-    return out
+class ScoredRows(Sequence):
+    """The finished rows of `samples`, sorted by sample id, each read from the store when it is asked for (an
+    iteration keeps the store's files open and holds one row at a time)."""
+
+    def __init__(self, keys: list[str], locations: dict[str, tuple[Path, int]]):
+        self.keys = keys
+        self.locations = locations
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def _public(row: dict) -> dict:
+        return {field: row[field] for field in (*ROW_FIELDS, *OPTIONAL_ROW_FIELDS) if field in row}
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._public(RowStore.read(self.locations[self.keys[index]]))
+
+    def __iter__(self) -> Iterator[dict]:
+        handles: dict = {}
+        try:
+            for key in self.keys:
+                yield self._public(RowStore.read(self.locations[key], handles))
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (ScoredRows, list)) and list(self) == list(other)
+
+
+def assemble(store: RowStore, samples: list[Sample], digests: dict[str, str]) -> ScoredRows:
+    locations = _valid_locations(store, digests)
+    keys = sorted(s.id for s in samples)
+    for key in keys:
+        if key not in locations:
+            raise TeacherError(f"{store.directory}: no finished row for sample {key!r} after scoring")
+    return ScoredRows(keys, locations)

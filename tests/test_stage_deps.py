@@ -80,6 +80,18 @@ def stage_entry_points(cmd: str, repo: Path = REPO, src: Path = SRC) -> list[Pat
     raise AssertionError(f"unknown stage command {cmd!r}")
 
 
+def registry_entry_points(stage: str, item: dict | None, src: Path = SRC) -> list[Path]:
+    """Code a stage reaches through a string registry, which the import walk cannot follow: a teacher stage loads
+    its family's module by name (cater.teachers.registry.FAMILIES)."""
+    if stage.startswith("teacher@") and isinstance(item, dict):
+        from cater.teachers.registry import FAMILIES
+
+        target = FAMILIES.get(item.get("family"))
+        found = module_file(target.split(":")[0], src) if target else None
+        return [found] if found else []
+    return []
+
+
 def covered(path: Path, deps: list[str], repo: Path = REPO) -> bool:
     rel = path.relative_to(repo).as_posix()
     return any(rel == dep or rel.startswith(dep.rstrip("/") + "/") for dep in deps)
@@ -112,7 +124,7 @@ def expanded_stages(dvc: dict, params: dict) -> dict[str, dict]:
                 body = stage["do"]
                 out[f"{name}@{key}"] = {"cmd": fill(body["cmd"], item, key),
                                         "deps": [fill(d, item, key) for d in body.get("deps", [])],
-                                        "outs": outs(body, item, key)}
+                                        "outs": outs(body, item, key), "item": item}
         else:
             out[name] = {"cmd": fill(stage["cmd"], None, None), "deps": [fill(d, None, None) for d in stage.get("deps", [])],
                          "outs": outs(stage, None, None)}
@@ -123,7 +135,7 @@ def missing_deps(dvc: dict, params: dict, repo: Path = REPO, src: Path = SRC) ->
     """{stage: the source files its imports reach that none of its deps covers}."""
     problems = {}
     for name, stage in expanded_stages(dvc, params).items():
-        files = closure(stage_entry_points(stage["cmd"], repo, src), src)
+        files = closure(stage_entry_points(stage["cmd"], repo, src) + registry_entry_points(name, stage.get("item"), src), src)
         missing = sorted(p.relative_to(repo).as_posix() for p in files
                          if not covered(p, stage["deps"], repo) and not (p.name == "__init__.py" and not p.read_text().strip()))
         if missing:
@@ -193,3 +205,16 @@ def test_the_tiny_writers_are_imported_directly_so_the_import_walk_sees_them():
     assert writers <= files
     deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["tiny_models"]["deps"]
     assert all(covered(REPO / f, deps) for f in writers)
+
+
+def test_a_teacher_stage_walks_its_familys_code_too():
+    """FAMILIES names the class as a string; the check still walks the family package, so an import the family
+    adds (say of cater.features) must be in that teacher stage's deps."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stage = expanded_stages(dvc, params)["teacher@chatunivi"]
+    files = closure(registry_entry_points("teacher@chatunivi", stage["item"]))
+    assert SRC / "cater/teachers/chatunivi/model.py" in files
+    stage["deps"] = [d for d in stage["deps"] if d != "src/cater/teachers/chatunivi"]
+    missing = [p for p in files if not covered(p, stage["deps"])]
+    assert SRC / "cater/teachers/chatunivi/model.py" in missing

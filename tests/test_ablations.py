@@ -253,8 +253,8 @@ def test_dirty_tree_stops_before_queueing(tmp_path):
     from cater.experiments import prepare_baseline
 
     root = make_workspace(tmp_path)
-    (root / "src/cater/train.py").write_text((root / "src/cater/train.py").read_text() + "\n# local edit\n")
-    with pytest.raises(AblationError, match=r"uncommitted changes besides dvc.lock \(src/cater/train.py\)"):
+    (root / "src/cater/distill.py").write_text((root / "src/cater/distill.py").read_text() + "\n# local edit\n")
+    with pytest.raises(AblationError, match=r"uncommitted changes besides dvc.lock \(src/cater/distill.py\)"):
         prepare_baseline(Runner(root, echo=lambda _: None))
     assert not (root / "dvc.lock").exists()  # stopped before `dvc repro`
 

@@ -8,7 +8,8 @@ DVC is driven through its command line (`dvc`: the runner and the baseline commi
 --queue -S ...`, `dvc queue start/status/logs`; `show`: `dvc exp show --json`). Known queue problems are
 handled: workers that stop while work is still queued are restarted, and a failed experiment is recognised by
 its state (`dvc exp show` lists it with the baseline's metrics, which are never used). `run` ties them together;
-`report` writes reports/ablations.md, its CSV and charts.
+`results` groups the experiments into the report's rows; `report` writes reports/ablations.md and its CSV,
+`charts` its charts.
 """
 from cater.experiments.grid import (AXES, CHOICE_TEXT_AXIS, DISTILL_AXIS, EVAL_METRICS, EXPERIMENT_STAGES, GENERATOR_AXIS,
                                     GROUP_ORDER, LABEL_AXIS, LABEL_FRACTIONS, PROMPT_AXIS, SEED_KEY, TEACHER_AXIS,
@@ -20,7 +21,8 @@ from cater.experiments.queue import (QueueStatus, StageCount, count_stage_runs, 
                                      queue_experiments, queue_logs, queue_status, wait_for_queue)
 from cater.experiments.show import Baseline, ExpRecord, exp_show_json, fill_eval_from_git, final_states, read_show_json
 from cater.experiments.run import AblationResult, log_tail, run_ablations
-from cater.experiments.report import Row, Table, build_report, conclusions, render_csv, render_pairs, render_table, summarize
+from cater.experiments.results import Row, Table, summarize
+from cater.experiments.report import build_report, conclusions, render_csv, render_pairs, render_table
 
 __all__ = [
     "AXES",

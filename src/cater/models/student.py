@@ -42,7 +42,7 @@ class StudentConfig:
     temporal_head: str = "norm_mean"
     question_conditioning: bool = False
     text_head: bool = False
-    logit_scale_init: float = 1 / 0.07  # CLIP's initial temperature; the notes found ~100 helps
+    logit_scale_init: float = 14.2857  # CLIP's initial temperature 1/0.07, as params.yaml writes it; the notes found ~100 helps
     learn_logit_scale: bool = True  # false with logit_scale_init 1.0 scores raw cosines, as the seed does
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from cater.prompts.hf_backend import write_tiny_causal_lm
+from cater.testing.tiny.causal_lm import write_tiny_causal_lm
 
 
 def fixed_answer(num_frames: int) -> list[str]:

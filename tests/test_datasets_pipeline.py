@@ -62,7 +62,7 @@ def tiny_llm_script(num_frames: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory) -> Path:
-    from cater.prompts.hf_backend import write_tiny_causal_lm
+    from cater.testing.tiny.causal_lm import write_tiny_causal_lm
 
     return write_tiny_causal_lm(tmp_path_factory.mktemp("llm") / "tiny-llm", seed=0, script=tiny_llm_script(NUM_FRAMES))
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cater.prompts.base import PromptError, PromptRequest, VideoPrompts
-from cater.prompts.hf_backend import HFBackend, parse_generation, visual_summary, write_tiny_causal_lm
+from cater.prompts.hf_backend import HFBackend, parse_generation, visual_summary
+from cater.testing.tiny.causal_lm import write_tiny_causal_lm
 
 LIST_SCRIPT = ["Events:\n", "1. A red square appears.\n", "2. It slides to the right.\n", "Frames:\n",
                "1. A red square at the top left.\n", "2. A red square at the top centre.\n"]

@@ -167,7 +167,7 @@ def test_generator_names_cannot_leave_the_repository(tmp_path, monkeypatch, capf
 
 
 def test_hf_backend_through_the_stage(tmp_path, monkeypatch):
-    from cater.prompts.hf_backend import write_tiny_causal_lm
+    from cater.testing.tiny.causal_lm import write_tiny_causal_lm
 
     script = ["Events:\n", "1. A white square crosses the frame.\n", "Frames:\n", "1. Square at the left.\n",
               "2. Square left of centre.\n", "3. Square right of centre.\n", "4. Square at the right.\n"]

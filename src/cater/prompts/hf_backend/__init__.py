@@ -35,13 +35,12 @@ first and last MiB above), the rendered prompt and the generation settings, so a
 model at all.
 
 The package, by job: `summary` (the fixed visual summary from the pixels), `messages` (the instructions, the
-user turn, the chat templates, the answer's parsing), `backend` (HFBackend: the model, the cache) and `tiny`
-(a tiny causal LM for tests and the demo).
+user turn, the chat templates, the answer's parsing) and `backend` (HFBackend: the model, the cache). The tiny
+causal LM for tests and the demo is written by `cater.testing.tiny.causal_lm`.
 """
 from cater.prompts.hf_backend.backend import SUMMARY_FIELDS, HFBackend
 from cater.prompts.hf_backend.messages import SYSTEM, TEMPLATES, VICUNA_TEMPLATE, parse_generation, user_message
 from cater.prompts.hf_backend.summary import PALETTE, visual_summary
-from cater.prompts.hf_backend.tiny import TINY_TEMPLATE, write_tiny_causal_lm
 
 __all__ = [
     "HFBackend",
@@ -49,10 +48,8 @@ __all__ = [
     "SUMMARY_FIELDS",
     "SYSTEM",
     "TEMPLATES",
-    "TINY_TEMPLATE",
     "VICUNA_TEMPLATE",
     "parse_generation",
     "user_message",
     "visual_summary",
-    "write_tiny_causal_lm",
 ]

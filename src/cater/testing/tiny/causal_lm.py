@@ -1,4 +1,4 @@
-"""A tiny causal LM for tests and the demo: random, or wired to answer any prompt with a fixed script."""
+"""A tiny causal LM (LLaMA) for tests and the demo: random, or wired to answer any prompt with a fixed script."""
 from __future__ import annotations
 
 from pathlib import Path

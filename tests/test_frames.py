@@ -250,7 +250,7 @@ def test_frames_stage_reports_bad_videos_then_skips_them(shapes_set, tmp_path, m
     with pytest.raises(RuntimeError, match="4 unreadable video") as info:
         stage.run({"frames": dict(FRAMES_PARAMS), "dataset": roots}, None)
     assert "skip_bad" in str(info.value)
-    report = json.loads((tmp_path / "data/frames_bad_videos.json").read_text())
+    report = json.loads((tmp_path / "data/.cache/frames/bad_videos.json").read_text())
     assert sorted(report) == sorted(bad)
     for vid, path in bad.items():
         assert path in report[vid]  # each error names the file

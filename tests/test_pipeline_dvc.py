@@ -34,10 +34,11 @@ OVERRIDES = {
 }
 DATA_STAGES = re.compile(r"^(dataset|frames|splits|prompts@.+)$")
 NOOP_LIMIT_S = 10.0
+OPEN_AUDIT = Path(__file__).resolve().parent / "helpers/open_audit"
 
 
-def dvc(root: Path, *args: str, check: bool = True):
-    return run(["dvc", *args], root, check=check)
+def dvc(root: Path, *args: str, check: bool = True, extra_env: dict[str, str] | None = None):
+    return run(["dvc", *args], root, check=check, extra_env=extra_env)
 
 
 def running_stages(output: str) -> list[str]:
@@ -68,6 +69,7 @@ class FirstRun:
     output: str
     noop_output: str
     noop_seconds: float
+    open_log: Path  # what each stage process opened (tests/helpers/open_audit)
 
 
 @dataclass
@@ -79,10 +81,12 @@ class SecondRun:
 @pytest.fixture(scope="module")
 def first(tmp_path_factory) -> FirstRun:
     root = make_workspace(tmp_path_factory.mktemp("first"), OVERRIDES)
-    result = dvc(root, "repro")
+    open_log = tmp_path_factory.mktemp("open_log")
+    python_path = os.pathsep.join(filter(None, [str(OPEN_AUDIT), os.environ.get("PYTHONPATH")]))
+    result = dvc(root, "repro", extra_env={"PYTHONPATH": python_path, "CATER_OPEN_LOG": str(open_log)})
     start = time.monotonic()
     noop = dvc(root, "repro")
-    return FirstRun(root, result.stdout + result.stderr, noop.stdout + noop.stderr, time.monotonic() - start)
+    return FirstRun(root, result.stdout + result.stderr, noop.stdout + noop.stderr, time.monotonic() - start, open_log)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +119,62 @@ def test_eval_metrics_have_test_accuracy_overall_and_per_type_with_counts(first)
     correct = sum(v["accuracy"] * v["n"] for v in per_type.values())
     assert correct == pytest.approx(metrics["test"]["accuracy"] * len(test), abs=1e-3)
     assert 0.0 < metrics["test"]["chance"] < 1.0
+
+
+# Paths a stage may touch without declaring them: its resumable cache (by design not an output, so a killed
+# stage resumes and a changed one never reuses stale rows), params.yaml (declared per key under `params:`), and
+# the git/DVC metadata dvclive reads and marks inside a DVC run (.git, .dvc/, the ignore files).
+UNDECLARED_OK = ("data/.cache/", "params.yaml", ".git/", ".dvc/", ".gitignore", ".dvcignore")
+# an output's scratch copy, renamed onto it when complete: cater.io's `.<name>.<random>.tmp` and the stages'
+# own `<name>.tmp` / `<name>_tmp` folders
+SCRATCH = re.compile(r"^(\.(?P<a>.+)\.[A-Za-z0-9_]{8}(\.old)?\.tmp|(?P<b>.+?)(\.tmp|_tmp))$")
+
+
+def unscratched(path: str) -> str:
+    """`path` with each scratch component replaced by the output it becomes."""
+    def name(part: str) -> str:
+        match = SCRATCH.match(part)
+        return (match["a"] or match["b"]) if match else part
+    return "/".join(name(part) for part in Path(path).parts)
+
+
+def undeclared(events: set[tuple[str, str]], deps: list[str], outs: list[str], root: Path) -> dict[str, list[str]]:
+    """The audited (path, mode) events of one stage that its dvc.yaml entry does not declare."""
+    from test_stage_deps import covered
+
+    declared = deps + outs
+    bad = sorted(f"{path} ({mode})" for path, mode in events
+                 if not path.startswith(UNDECLARED_OK) and path != "."
+                 and not covered(root / path, declared, root)
+                 and not (mode == "list" and any(d.startswith(path.rstrip("/") + "/") for d in declared)))
+    writes = sorted(path for path, mode in events if mode == "w" and not path.startswith(UNDECLARED_OK)
+                    and not covered(root / path, outs, root))
+    return {k: v for k, v in (("undeclared", bad), ("written outside the outs", writes)) if v}
+
+
+def audited(log_dir: Path) -> dict[str, set[tuple[str, str]]]:
+    touched: dict[str, set[tuple[str, str]]] = {}
+    for log in log_dir.glob("*.jsonl"):
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            touched.setdefault(event["stage"], set()).add((unscratched(event["path"]), event["mode"]))
+    return touched
+
+
+def test_every_stage_touches_only_its_deps_and_outs(first):
+    """Every file each stage process opened, wrote or listed in the workspace (a runtime audit hook,
+    tests/helpers/open_audit) is one of its deps or outs in dvc.yaml: an undeclared input is a cache bug DVC cannot
+    see, and the import check in test_stage_deps.py cannot see a data file. tests/test_open_audit.py shows that
+    the check catches an undeclared read."""
+    from test_stage_deps import expanded_stages
+
+    stages = expanded_stages(yaml.safe_load((first.root / "dvc.yaml").read_text()), read_params(first.root))
+    touched = audited(first.open_log)
+    assert set(touched) == set(stages), f"stages seen in the audit log: {sorted(touched)}"
+    problems = {stage: found for stage, events in touched.items()
+                if (found := undeclared(events, stages[stage]["deps"], stages[stage]["outs"], first.root))}
+    assert not problems, json.dumps(problems, indent=1)
+    assert any(p.startswith("data/frames") for p, _ in touched["features"])  # the hook saw the data
 
 
 def test_dvc_metrics_show_reads_the_declared_metrics(first):

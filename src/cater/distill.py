@@ -17,8 +17,6 @@ never substituted for a teacher.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import hashlib
 import math
 
@@ -26,25 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cater.choices import DISTILL_MODES as MODES
+from cater.sections import DistillConfig  # train.distill, typed with the other params sections
 
-
-@dataclass
-class DistillConfig:
-    mode: str = "hybrid"
-    temperature: float = 2.0
-    label_weight: float = 1.0
-    hard_weight: float = 0.5
-    soft_weight: float = 1.0
-    align_weight: float = 0.0
-    embed_weight: float = 0.0  # the seed's soft loss (0.4 there); see the module docstring
-    embed_seed: int = 42  # seeds the fixed projection (the seed's --seed)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"train.distill must be one of {MODES}, got {self.mode!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"train.temperature must be positive, got {self.temperature}")
+__all__ = ["DistillConfig", "DistillationLoss", "PAD_LOGIT", "fixed_projection"]
 
 
 # Padded choices, in the float32 the loss is computed in: exp() of it is exactly 0, and it stays finite after

@@ -1,15 +1,19 @@
-"""The allowed shape of params.yaml: unknown keys and values of the wrong type are errors.
+"""The allowed shape of params.yaml, derived from the typed sections in `cater.sections`: unknown keys and values of
+the wrong type are errors.
 
-Each section maps a key to its type (or a nested mapping). `ANY_MAPPING` marks free-form named
-entries (prompt generators, teacher models, dataset-adapter options) that their own builders check.
+Each section maps a key to its type (or a nested mapping). `ANY_MAPPING` marks free-form named entries (prompt
+generators, teacher models, the demo's split sizes) that their own builders check. `CHOICES` (from `Literal`
+annotations) and `BOUNDS` (from `bounded(...)` fields) are derived the same way.
 """
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from typing import Any
 
 from cater.io import safe_name
-from cater.choices import (BACKBONE_LIBRARIES, CHOICE_TEXTS, DISTILL_MODES, FRAME_CODECS, FRAME_POOLS, FUSIONS, LR_SCHEDULES,
-                           MIXED_PRECISION, PROMPT_VARIANTS, SPLIT_SUBSETS, TEMPORAL_HEADS)
+from cater.sections import SECTIONS
 
 
 class ConfigError(ValueError):
@@ -21,109 +25,56 @@ OPT_INT = (int, type(None))
 OPT_STR = (str, type(None))
 ANY_MAPPING = "any-mapping"
 
-SCHEMA: dict[str, Any] = {
-    "dataset": {
-        "name": str,
-        "seed": int,
-        "shapes": {"videos": ANY_MAPPING, "size": int, "fps": int, "seconds": NUM, "min_objects": int, "max_objects": int},
-        # official-dataset adapters (see src/cater/data/adapters.py)
-        "annotations": OPT_STR,
-        "videos": (str, list, type(None)),
-        "splits": (list, dict, type(None)),
-        "check_videos": bool,
-        "num_choices": int,
-        "use_ts": bool,
-        "subtitles": OPT_STR,
-        "frames_dir": OPT_STR,
-        "video_mapping": OPT_STR,
-        "frames_root": OPT_STR,
-        "min_answer_freq": int,
-    },
-    "frames": {"num_frames": int, "size": int, "workers": int, "skip_bad": bool, "codec": str, "quality": int},
-    "splits": {"train_n": OPT_INT, "val_n": OPT_INT, "test_n": OPT_INT, "seed": int, "subset": str,
-               "val_from_train": (int, float, type(None))},
-    "prompts": {"batch_size": int, "max_failures": int, "generators": ANY_MAPPING},
-    "teacher": {"batch_size": int, "models": ANY_MAPPING},
-    "features": {"backbone": str, "pretrained": OPT_STR, "seed": int, "device": str, "batch_size": int, "text_chunk": int,
-                 "truncate_text": bool, "library": str},
-    "train": {
-        "prompt_variant": str,
-        "prompt_generator": str,
-        "teacher": str,
-        "distill": {"mode": str, "temperature": NUM, "label_weight": NUM, "hard_weight": NUM, "soft_weight": NUM, "align_weight": NUM,
-                    "embed_weight": NUM, "embed_seed": int},
-        "student": {
-            "heads": int, "temporal_heads": int, "cross_layers": int, "temporal_layers": int, "dropout": NUM,
-            "fusion": str, "frame_pool": str, "temporal_head": str,
-            "question_conditioning": bool, "text_head": bool, "logit_scale_init": NUM, "learn_logit_scale": bool,
-        },
-        "choice_text": str,
-        "epochs": int,
-        "batch_size": int,
-        "lr": NUM,
-        "lr_schedule": str,
-        "warmup_fraction": NUM,
-        "weight_decay": NUM,
-        "label_fraction": NUM,
-        "seed": int,
-        "backbone_on_the_fly": bool,
-        "loader_workers": int,
-        "mixed_precision": str,
-    },
-    "ablation": ANY_MAPPING,
-}
-REQUIRED_SECTIONS = ("dataset", "frames", "splits", "prompts", "teacher", "features", "train")
-CHOICES = {
-    ("train", "prompt_variant"): PROMPT_VARIANTS,
-    ("train", "distill", "mode"): DISTILL_MODES,
-    ("train", "choice_text"): CHOICE_TEXTS,
-    ("train", "lr_schedule"): LR_SCHEDULES,
-    ("splits", "subset"): SPLIT_SUBSETS,
-    ("train", "student", "fusion"): FUSIONS,
-    ("train", "student", "frame_pool"): FRAME_POOLS,
-    ("train", "student", "temporal_head"): TEMPORAL_HEADS,
-    ("train", "mixed_precision"): MIXED_PRECISION,
-    ("frames", "codec"): FRAME_CODECS,
-    ("features", "library"): BACKBONE_LIBRARIES,
-}
 
+def _type_spec(annotation: Any) -> Any:
+    """The isinstance spec of one annotation: a type, a tuple of types, or ANY_MAPPING."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        members = typing.get_args(annotation)
+        if [m for m in members if m is not type(None)] == [dict]:
+            return ANY_MAPPING  # `dict | None`: a mapping with a default
+        flat: list[type] = []
+        for member in members:
+            spec = dict if member is dict else _type_spec(member)  # inside a union: a type, checked as such
+            for typ in spec if isinstance(spec, tuple) else (spec,):
+                if typ not in flat:
+                    flat.append(typ)
+        return tuple(flat)
+    if annotation is float:
+        return NUM
+    if annotation is dict:
+        return ANY_MAPPING
+    if annotation in (int, str, bool, list, type(None)):
+        return annotation
+    raise TypeError(f"cater.sections: no params type for annotation {annotation!r}")
+
+
+def _derive(cls: type, path: tuple[str, ...], choices: dict, bounds: dict) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    spec: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.metadata.get("param") is False:
+            continue
+        key = path + (field.name,)
+        nested = field.metadata.get("section") or (hints[field.name] if dataclasses.is_dataclass(hints[field.name]) else None)
+        if nested is not None:
+            spec[field.name] = _derive(nested, key, choices, bounds)
+            continue
+        spec[field.name] = _type_spec(hints[field.name])
+        if typing.get_origin(hints[field.name]) is typing.Literal:
+            choices[key] = typing.get_args(hints[field.name])
+        if "bounds" in field.metadata:
+            bounds[key] = field.metadata["bounds"]
+    return spec
+
+
+CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {}
 # Numeric bounds: (lowest, highest, whether the lowest itself is allowed); None = unbounded on that side.
-BOUNDS: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {
-    ("dataset", "num_choices"): (2, 5, True),
-    ("dataset", "shapes", "size"): (16, None, True),
-    ("dataset", "shapes", "fps"): (1, None, True),
-    ("dataset", "shapes", "seconds"): (0, None, False),
-    ("frames", "num_frames"): (1, None, True),
-    ("frames", "size"): (8, None, True),
-    ("frames", "workers"): (1, None, True),
-    ("frames", "quality"): (1, 100, True),
-    ("splits", "train_n"): (1, None, True),
-    ("splits", "val_n"): (1, None, True),
-    ("splits", "test_n"): (1, None, True),
-    ("prompts", "batch_size"): (1, None, True),
-    ("prompts", "max_failures"): (0, None, True),
-    ("teacher", "batch_size"): (1, None, True),
-    ("features", "batch_size"): (1, None, True),
-    ("features", "text_chunk"): (1, None, True),
-    ("train", "epochs"): (1, None, True),
-    ("train", "batch_size"): (1, None, True),
-    ("train", "lr"): (0, None, False),
-    ("train", "warmup_fraction"): (0, 0.999999, True),  # < 1: some steps must follow the warmup
-    ("train", "weight_decay"): (0, None, True),
-    ("train", "label_fraction"): (0, 1, False),
-    ("train", "distill", "temperature"): (0, None, False),
-    ("train", "distill", "label_weight"): (0, None, True),
-    ("train", "distill", "hard_weight"): (0, None, True),
-    ("train", "distill", "soft_weight"): (0, None, True),
-    ("train", "distill", "align_weight"): (0, None, True),
-    ("train", "distill", "embed_weight"): (0, None, True),
-    ("train", "student", "heads"): (1, None, True),
-    ("train", "student", "temporal_heads"): (1, None, True),
-    ("train", "student", "cross_layers"): (1, None, True),
-    ("train", "student", "temporal_layers"): (0, None, True),
-    ("train", "student", "dropout"): (0, 1, True),
-    ("train", "student", "logit_scale_init"): (0, None, False),
-}
+BOUNDS: dict[tuple[str, ...], tuple[float | None, float | None, bool]] = {}
+SCHEMA: dict[str, Any] = {name: _derive(cls, (name,), CHOICES, BOUNDS) for name, cls in SECTIONS.items()}
+SCHEMA["ablation"] = ANY_MAPPING  # cater.experiments reads it; no stage depends on it
+REQUIRED_SECTIONS = tuple(SECTIONS)
 
 
 def _check_bounds(value: Any, path: tuple[str, ...], where: str) -> None:

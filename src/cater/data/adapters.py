@@ -26,9 +26,8 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from cater.data.schema import Sample
 
 log = logging.getLogger(__name__)
 

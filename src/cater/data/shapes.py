@@ -18,12 +18,12 @@ questions is the correct answer equally often.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cater.data.schema import Sample
+from cater.sections import MAX_OBJECTS, ShapesConfig  # dataset.shapes, typed with the other params sections
 
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -33,22 +33,7 @@ COUNT_WORDS = ("two", "three", "four", "five", "six")  # the answer for 2..6 obj
 QUESTION_TYPES = ("first", "direction", "after", "count")
 
 
-@dataclass
-class ShapesConfig:
-    seed: int = 0
-    videos: dict | None = None  # {"train": 150, "val": 38, "test": 38}
-    size: int = 64
-    fps: int = 8
-    seconds: float = 4.0
-    min_objects: int = 2
-    max_objects: int = 6
-
-    def __post_init__(self) -> None:
-        if self.videos is None:
-            self.videos = {"train": 250, "val": 100, "test": 150}
-        if not 2 <= self.min_objects <= self.max_objects <= len(COUNT_WORDS) + 1:
-            raise ValueError(f"dataset.shapes: need 2 <= min_objects <= max_objects <= {len(COUNT_WORDS) + 1}, "
-                             f"got {self.min_objects} and {self.max_objects}")
+assert len(COUNT_WORDS) + 1 == MAX_OBJECTS  # ShapesConfig (cater.sections) allows up to MAX_OBJECTS objects
 
 
 def _object_name(obj: dict) -> str:

@@ -97,6 +97,8 @@ class FrozenBackbone(torch.nn.Module):
     @property
     def embed_dim(self) -> int:
         projection = self.model.text_projection
+        if projection is None:  # no projection: the text tower's own width
+            return int(self.model.ln_final.normalized_shape[-1])
         return int(projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[-1])
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -165,7 +167,8 @@ class FrozenBackbone(torch.nn.Module):
         x = model.transformer(x, attn_mask=model.attn_mask)
         x = model.ln_final(x)
         projection = model.text_projection
-        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
         eot = self.end_of_text(ids)
         pooled = x[torch.arange(len(texts), device=x.device), self.pool_index(ids, eot)]
         return pooled, x, eot + 1

@@ -19,44 +19,12 @@ on cached features or on features recomputed on the fly.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cater.choices import FRAME_POOLS, FUSIONS, TEMPORAL_HEADS  # the options, defined once
-
-
-@dataclass
-class StudentConfig:
-    embed_dim: int = 64  # the backbone's joint embedding width
-    num_frames: int = 8
-    heads: int = 8  # cross-attention heads (seed: 8)
-    temporal_heads: int = 4  # seed: 4
-    cross_layers: int = 1
-    temporal_layers: int = 2
-    dropout: float = 0.1
-    fusion: str = "norm"
-    frame_pool: str = "tokens"
-    temporal_head: str = "norm_mean"
-    question_conditioning: bool = False
-    text_head: bool = False
-    logit_scale_init: float = 14.2857  # CLIP's initial temperature 1/0.07, as params.yaml writes it; the notes found ~100 helps
-    learn_logit_scale: bool = True  # false with logit_scale_init 1.0 scores raw cosines, as the seed does
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("fusion", FUSIONS), ("frame_pool", FRAME_POOLS), ("temporal_head", TEMPORAL_HEADS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"student.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("heads", "temporal_heads"):
-            if getattr(self, name) < 1 or self.embed_dim % getattr(self, name):
-                raise ValueError(f"student.{name} ({getattr(self, name)}) must divide the embedding width ({self.embed_dim})")
-        if self.logit_scale_init <= 0:
-            raise ValueError(f"student.logit_scale_init must be positive, got {self.logit_scale_init}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from cater.sections import StudentConfig  # train.student (+ the widths), typed with the other params sections
 
 
 class PromptAttention(nn.Module):

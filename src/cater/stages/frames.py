@@ -99,7 +99,7 @@ def run(params, args) -> None:
                     atomic_write_json(times_path, done)
         atomic_write_json(times_path, done)
     if bad:
-        report = Path("data/frames_bad_videos.json")
+        report = CACHE / "bad_videos.json"  # a diagnostic, not an output: the run may stop right after it
         atomic_write_json(report, bad)
         affected = sum(s.video_id in bad for s in samples)
         if not cfg["skip_bad"]:

@@ -71,6 +71,15 @@ class Teacher(ABC):
     def score(self, batch: list[TeacherInput]) -> list[TeacherOutput]:
         """Score a batch in one forward pass; return one output per input, in order."""
 
+    def select_frames(self, frames: np.ndarray) -> np.ndarray:
+        """The frames given to the model: `config.num_frames` uniformly sampled from the stored ones, or all (None)."""
+        n = self.config.num_frames
+        if n is not None and n != len(frames):
+            from cater.data.frames import uniform_indices
+
+            frames = frames[uniform_indices(len(frames), n)]
+        return frames
+
     def sample_source(self, sample_id: str) -> str | None:
         """A digest of what this teacher's output for `sample_id` depends on besides the sample and its frames
         (None: nothing; a model's weights are in the stage's config hash)."""

@@ -155,10 +155,7 @@ class ChatUniViTeacher(Teacher):
         return "\n".join(parts)
 
     def select_frames(self, frames: np.ndarray) -> np.ndarray:
-        if self.config.num_frames is not None:
-            from cater.data.frames import uniform_indices
-
-            frames = frames[uniform_indices(len(frames), self.config.num_frames)]
+        frames = super().select_frames(frames)
         if len(frames) > self.max_frames:  # the reference loader's integer-linspace subsample
             frames = frames[np.linspace(0, len(frames) - 1, self.max_frames).astype(int)]
         return frames

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cater.data.frames import uniform_indices
 from cater.teachers.base import (
     LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, check_extra, letter_matrix, letter_output,
     letter_token_ids, resolve_device, resolve_dtype,
@@ -45,12 +44,8 @@ class FlamingoTeacher(Teacher):
         return self.backend.prompt(question_text(item, self.instruction))
 
     def frames(self, item: TeacherInput) -> np.ndarray:
-        """The frames given to the model: `num_frames` uniformly sampled, or all stored frames."""
-        frames = item.frames
-        n = self.config.num_frames
-        if n is not None and n != len(frames):
-            frames = frames[uniform_indices(len(frames), n)]
-        return frames
+        """The frames given to the model (`Teacher.select_frames`)."""
+        return self.select_frames(item.frames)
 
     def _check(self, item: TeacherInput) -> None:
         self.check_input(item)

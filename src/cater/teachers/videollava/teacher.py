@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from cater.data.frames import uniform_indices
 from cater.teachers.base import (
     LETTERS, Teacher, TeacherConfig, TeacherError, TeacherInput, TeacherOutput, check_extra, letter_matrix, letter_output,
     letter_token_ids, options_block, placement_kwargs, resolve_device, resolve_dtype,
@@ -115,17 +114,10 @@ class VideoLlavaTeacher(Teacher):
         probe = TeacherInput("probe", np.zeros((1, 1, 1, 3), np.uint8), "Which option?", list(LETTERS))
         return letter_token_ids(self.tokenizer, self.prompt(probe), self.config.model, add_special_tokens=True)
 
-    def _frames(self, item: TeacherInput) -> np.ndarray:
-        frames = item.frames
-        n = self.config.num_frames
-        if n is not None and n != len(frames):
-            frames = frames[uniform_indices(len(frames), n)]
-        return frames
-
     def _encode(self, items: list[TeacherInput]):
         inputs = self.processor(
             text=[self.prompt(item) for item in items],
-            videos=[self._frames(item) for item in items],
+            videos=[self.select_frames(item.frames) for item in items],
             padding=True,
             return_tensors="pt",
         )
@@ -162,7 +154,7 @@ class VideoLlavaTeacher(Teacher):
         # one forward pass per group of equal frame count (normally the whole batch)
         groups: dict[int, list[int]] = {}
         for i, item in enumerate(batch):
-            groups.setdefault(len(self._frames(item)), []).append(i)
+            groups.setdefault(len(self.select_frames(item.frames)), []).append(i)
         for indices in groups.values():
             items = [batch[i] for i in indices]
             hidden, logits = self._forward(self._encode(items))
@@ -182,7 +174,7 @@ class VideoLlavaTeacher(Teacher):
             self.check_input(item)
         groups: dict[int, list[int]] = {}
         for i, item in enumerate(batch):
-            groups.setdefault(len(self._frames(item)), []).append(i)
+            groups.setdefault(len(self.select_frames(item.frames)), []).append(i)
         rows: list = [None] * len(batch)
         for indices in groups.values():
             _, logits = self._last_position(self._encode([batch[i] for i in indices]))

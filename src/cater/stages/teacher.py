@@ -161,8 +161,15 @@ def run(name: str, params_path: str, progress: bool = True) -> None:
                          accelerator=accelerator, progress=progress)
     if accelerator is None or accelerator.is_main_process:
         out_dir = OUT_DIR / name
-        write_jsonl(out_dir / "outputs.jsonl", rows)  # streamed from the store, one row in memory
-        summary = summarize(name, config, splits, rows)
+        choices: list[dict] = []  # what the summary needs of each row, kept while the rows stream to the file
+
+        def recorded(rows):
+            for row in rows:
+                choices.append({key: row[key] for key in ("key", "choice_logits", "hard_idx", "missing_reason")})
+                yield row
+
+        write_jsonl(out_dir / "outputs.jsonl", recorded(rows))  # streamed from the store, one row in memory
+        summary = summarize(name, config, splits, choices)
         atomic_write_json(out_dir / "summary.json", summary)
         print(missing_line(summary), flush=True)
         print(accuracy_line(summary), flush=True)

@@ -21,8 +21,6 @@ class ConfigError(ValueError):
 
 
 NUM = (int, float)
-OPT_INT = (int, type(None))
-OPT_STR = (str, type(None))
 ANY_MAPPING = "any-mapping"
 
 
